@@ -1,0 +1,244 @@
+"""MNIST-family data: decoded once, split once, served as batches of tensors on the training device.
+
+The classic recipe (PIL image -> ToTensor -> Normalize per sample, every epoch) spends most of an MNIST
+epoch in Python. Here each split is one normalized float tensor moved to the training device once, and
+a batch is one index gather. The torchvision ``DataLoader`` path stays available (``loader: torchvision``)
+for users who want per-sample transforms.
+
+Validation is carved from the official *training* set by a seeded split; ``test`` is always the official
+test set, used once at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torchvision import datasets, transforms
+
+from mlplab.augment import BatchAffine
+from mlplab.errors import ConfigError, DataError
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the pipeline needs to know about a dataset before reading it."""
+
+    torchvision_class: type[datasets.MNIST]
+    mean: float
+    std: float
+    class_names: tuple[str, ...]
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "mnist": DatasetInfo(datasets.MNIST, 0.1307, 0.3081, tuple(str(d) for d in range(10))),
+    "fashion_mnist": DatasetInfo(
+        datasets.FashionMNIST,
+        0.2860,
+        0.3530,
+        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
+    ),
+    "kmnist": DatasetInfo(
+        datasets.KMNIST, 0.1918, 0.3483, ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
+    ),
+}
+
+LOADERS = ("tensor", "torchvision")
+
+
+def expected_files(dataset: str) -> list[str]:
+    """Uncompressed IDX file names torchvision expects under ``<root>/<Class>/raw``."""
+    return [Path(url).stem for url, _ in DATASETS[dataset].torchvision_class.resources]
+
+
+def raw_folder(data_dir: str | Path, dataset: str) -> Path:
+    return Path(data_dir) / DATASETS[dataset].torchvision_class.__name__ / "raw"
+
+
+def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decode one official split into ``(uint8 images [N, 28, 28], int64 labels [N])``."""
+    missing = [name for name in expected_files(dataset) if not (raw_folder(data_dir, dataset) / name).is_file()]
+    if missing:
+        raise DataError(missing_data_message(data_dir, dataset, missing))
+    ds = DATASETS[dataset].torchvision_class(str(data_dir), train=train, download=False)
+    return ds.data, ds.targets
+
+
+def missing_data_message(data_dir: str | Path, dataset: str, missing: Sequence[str], reason: str = "") -> str:
+    expected = expected_files(dataset)
+    what = "all four IDX files" if len(missing) == len(expected) else ", ".join(missing)
+    return (
+        f"{dataset} data not found in {raw_folder(data_dir, dataset)}: missing {what} "
+        f"({', '.join(expected)}, uncompressed){f'; {reason}' if reason else ''}. "
+        f"Put them there, or point DATA_DIR (or data.data_dir) at a folder holding "
+        f"{DATASETS[dataset].torchvision_class.__name__}/raw."
+    )
+
+
+def split_train_val(num_samples: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded random split of the official training set into (train indices, validation indices)."""
+    if not 0 < val_size < num_samples:
+        raise ConfigError(f"data.val_size={val_size} must be between 1 and {num_samples - 1} (training set size - 1)")
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+class TensorLoader:
+    """Batches gathered by index from tensors already on the training device.
+
+    ``sampler`` decides the order: a ``DistributedSampler`` (used for one process too) gives a fresh
+    permutation per epoch derived from ``seed + epoch``, and under DDP each rank its own shard of it.
+    Lightning calls ``sampler.set_epoch`` before each epoch, as it does for a ``DataLoader``.
+    Without a sampler, batches are contiguous slices in order (validation and test).
+    """
+
+    batch_sampler = None  # read by Lightning, as on a DataLoader: batching is done here
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        sampler: DistributedSampler | None = None,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size = batch_size
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        n = len(self.sampler) if self.sampler is not None else len(self.labels)
+        return math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.sampler is None:
+            for start in range(0, len(self.labels), self.batch_size):
+                yield self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
+            return
+        order = torch.tensor(list(self.sampler), device=self.labels.device)
+        for idx in order.split(self.batch_size):
+            yield self.images[idx], self.labels[idx]
+
+
+class MNISTDataModule(L.LightningDataModule):
+    """MNIST, Fashion-MNIST or KMNIST with a seeded validation split carved from the training set."""
+
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        data_dir: str = "./data",
+        batch_size: int = 64,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        seed: int = 0,
+        loader: str = "tensor",
+        num_workers: int = 0,
+        download: bool = True,
+        augment: dict | None = None,
+    ) -> None:
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ConfigError(f"data.dataset={dataset!r} is not known; choose one of {', '.join(DATASETS)}")
+        if loader not in LOADERS:
+            raise ConfigError(f"data.loader={loader!r} is not known; choose one of {', '.join(LOADERS)}")
+        self.save_hyperparameters()
+        self.info = DATASETS[dataset]
+        self.augment = BatchAffine(**augment) if augment and augment.get("enabled", True) else None
+        self.train_set = self.val_set = self.test_set = None
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return self.info.image_shape
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.info.class_names)
+
+    def prepare_data(self) -> None:
+        """Download once (rank 0) when files are missing; fail with one clear line when that is impossible."""
+        folder = raw_folder(self.hparams.data_dir, self.hparams.dataset)
+        missing = [name for name in expected_files(self.hparams.dataset) if not (folder / name).is_file()]
+        if not missing:
+            return
+        if not self.hparams.download:
+            raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, "data.download=false"))
+        try:
+            self.info.torchvision_class(self.hparams.data_dir, train=True, download=True)
+        except Exception as err:  # no network, a mirror down, a bad checksum: all end the same way for the user
+            reason = "download failed: " + " ".join(f"{type(err).__name__}: {err}".split())
+            raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, reason)) from err
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        images, labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=True)
+        test_images, test_labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=False)
+        train_idx, val_idx = split_train_val(len(labels), self.hparams.val_size, self.hparams.split_seed)
+        if self.hparams.loader == "torchvision":
+            self._setup_torchvision(train_idx, val_idx)
+            return
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        normalized = self._normalize(images).to(device)
+        labels = labels.to(device)
+        self.train_set = (normalized[train_idx.to(device)], labels[train_idx.to(device)])
+        self.val_set = (normalized[val_idx.to(device)], labels[val_idx.to(device)])
+        self.test_set = (self._normalize(test_images).to(device), test_labels.to(device))
+
+    def _normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return ((images.float() / 255 - self.info.mean) / self.info.std).unsqueeze(1)
+
+    def _setup_torchvision(self, train_idx: torch.Tensor, val_idx: torch.Tensor) -> None:
+        to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((self.info.mean,), (self.info.std,))])
+        cls, root = self.info.torchvision_class, self.hparams.data_dir
+        train_full = cls(root, train=True, download=False, transform=to_tensor)
+        self.train_set = Subset(train_full, train_idx.tolist())
+        self.val_set = Subset(train_full, val_idx.tolist())
+        self.test_set = cls(root, train=False, download=False, transform=to_tensor)
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
+    def train_dataloader(self) -> TensorLoader | DataLoader:
+        rank, world = self._rank_and_world()
+        if self.hparams.loader == "torchvision":
+            return DataLoader(
+                self.train_set,
+                batch_size=self.hparams.batch_size,
+                shuffle=True,
+                num_workers=self.hparams.num_workers,
+                persistent_workers=self.hparams.num_workers > 0,
+                generator=torch.Generator().manual_seed(self.hparams.seed),
+            )
+        images, labels = self.train_set
+        sampler = DistributedSampler(labels, num_replicas=world, rank=rank, shuffle=True, seed=self.hparams.seed)
+        return TensorLoader(images, labels, self.hparams.batch_size, sampler)
+
+    def val_dataloader(self) -> TensorLoader | DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> TensorLoader | DataLoader:
+        return self._eval_loader(self.test_set)
+
+    def _eval_loader(self, split) -> TensorLoader | DataLoader:
+        if self.hparams.loader == "torchvision":
+            return DataLoader(split, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers)
+        images, labels = split
+        rank, world = self._rank_and_world()
+        sampler = None if world == 1 else DistributedSampler(labels, num_replicas=world, rank=rank, shuffle=False)
+        return TensorLoader(images, labels, self.hparams.eval_batch_size, sampler)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Augment training batches on the device, the whole batch at once; validation and test stay clean."""
+        if self.augment is None or self.trainer is None or not self.trainer.training:
+            return batch
+        images, labels = batch
+        background = -self.info.mean / self.info.std  # a black pixel after normalization
+        return self.augment(images, fill=background), labels

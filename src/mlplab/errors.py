@@ -1,0 +1,45 @@
+"""Errors a user can fix: bad config values, missing or broken data files, unusable checkpoints.
+
+The entry points print these as one line (what is wrong and what is allowed) and exit non-zero;
+anything else is a bug and keeps its traceback. ``HYDRA_FULL_ERROR=1`` shows the traceback for these too.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+log = logging.getLogger("mlplab")
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """Something in the user's input, explained in the message."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value out of range or of an unknown name."""
+
+
+class DataError(UserError, RuntimeError):
+    """Data files missing, truncated or malformed."""
+
+
+def reported_as_one_line(task: Callable[..., T]) -> Callable[..., T]:
+    """Wrap an entry point so a UserError ends the run with one clear line and exit status 1."""
+
+    @functools.wraps(task)
+    def wrapper(*args, **kwargs) -> T:
+        try:
+            return task(*args, **kwargs)
+        except UserError as err:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            log.error("error: %s", err)
+            sys.exit(1)
+
+    return wrapper

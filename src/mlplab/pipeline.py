@@ -1,0 +1,118 @@
+"""The run pipeline shared by the entry points: config -> objects -> fit -> best checkpoint -> test.
+
+A run directory (Hydra's) ends up holding the composed config (``.hydra/``), ``checkpoints/``
+(best by the monitored metric, plus ``last.ckpt``), TensorBoard events and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mlplab.data import MNISTDataModule
+from mlplab.module import ClassifierModule
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
+    return instantiate(cfg.data, _convert_="all")
+
+
+def build_module(cfg: DictConfig, datamodule: MNISTDataModule) -> ClassifierModule:
+    """The LightningModule for this config, with the network's input and output sizes taken from the data."""
+    in_features = 1
+    for size in datamodule.input_shape:
+        in_features *= size
+    net = OmegaConf.to_container(cfg.model, resolve=True) | {
+        "in_features": in_features,
+        "num_classes": datamodule.num_classes,
+    }
+    return ClassifierModule(
+        net=net,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
+        l1=cfg.regularization.l1,
+        label_smoothing=cfg.regularization.label_smoothing,
+    )
+
+
+def fastest_precision(accelerator: str = "auto") -> str:
+    """``bf16-mixed`` where the hardware computes bf16 natively (CUDA GPUs since Ampere, CPUs with AVX512-BF16
+    or AMX), else ``32-true``: emulated bf16 is slower than fp32. See docs/benchmarks.md for the measurements."""
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False
+    )()
+    return "bf16-mixed" if native_bf16 else "32-true"
+
+
+def build_trainer(cfg: DictConfig) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    precision = cfg.trainer.get("precision")
+    if precision == "auto":
+        precision = fastest_precision(cfg.trainer.get("accelerator", "auto"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
+    # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 so that looking for GPUs cannot poison fork; torch's
+    # Adam then asks NVML again on every step (a dlopen, ~0.3 ms). Devices are chosen now: use the cached check.
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    return trainer
+
+
+def train(cfg: DictConfig) -> float:
+    """Fit, evaluate the best checkpoint on validation and, once, on the official test set.
+
+    Returns the monitored metric of the best checkpoint so a Hydra sweeper can optimize it.
+    """
+    output_dir = Path(cfg.output_dir)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    if cfg.compile:
+        module.net.compile(**(cfg.get("compile_options") or {}))  # in place: state_dict keys stay unchanged
+
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_time = time.perf_counter() - start
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+
+    metrics: dict[str, Any] = {
+        "val/acc": val["val/acc"],
+        "val/loss": val["val/loss"],
+        "test/acc": test["test/acc"],
+        "test/loss": test["test/loss"],
+        "best_ckpt": best,
+        "epochs": trainer.current_epoch,
+        "train_time_s": round(train_time, 3),
+    }
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        log.info(
+            "val/acc %.4f  val/loss %.4f  test/acc %.4f  test/loss %.4f  (%d epochs, %.1f s training)",
+            metrics["val/acc"], metrics["val/loss"], metrics["test/acc"], metrics["test/loss"],
+            metrics["epochs"], train_time,
+        )
+        log.info("run dir: %s", output_dir)
+    monitor = checkpoint.monitor if checkpoint is not None else "val/acc"
+    return float(metrics.get(monitor, val.get(monitor, metrics["val/acc"])))

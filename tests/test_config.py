@@ -1,0 +1,93 @@
+"""Every config group option composes, and the objects it names can be built."""
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import CONF_DIR, compose_train
+from mlplab.pipeline import build_datamodule, build_module, build_trainer
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def test_groups_have_the_documented_options():
+    assert options("data") == ["fashion_mnist", "kmnist", "mnist"]
+    assert options("optimizer") == ["adam", "adamw", "sgd"]
+    assert options("scheduler") == ["cosine", "none", "onecycle", "plateau", "step"]
+    assert options("logger") == ["csv", "tensorboard"]
+    assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
+
+
+@pytest.mark.parametrize("dataset", options("data"))
+def test_data_options_build(dataset, data_dir):
+    cfg = compose_train([f"data={dataset}", f"data.data_dir={data_dir}"])
+    dm = build_datamodule(cfg)
+    assert dm.hparams.dataset == dataset and dm.num_classes == 10
+
+
+@pytest.mark.parametrize("optimizer", options("optimizer"))
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_optimizer_and_scheduler_options_build(optimizer, scheduler, data_dir, tmp_path):
+    cfg = compose_train([f"optimizer={optimizer}", f"scheduler={scheduler}", f"data.data_dir={data_dir}"], tmp_path)
+    module = build_module(cfg, build_datamodule(cfg))
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer = trainer
+    with pytest.MonkeyPatch.context() as mp:  # a run of 30 steps, without loading data to count them
+        mp.setattr(type(trainer), "estimated_stepping_batches", property(lambda self: 30))
+        built = module.configure_optimizers()
+    opt = built["optimizer"] if isinstance(built, dict) else built
+    assert type(opt).__name__.lower() == optimizer
+    if scheduler == "none":
+        assert isinstance(built, torch.optim.Optimizer)
+    else:
+        assert isinstance(built["lr_scheduler"]["scheduler"], torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def test_onecycle_spans_the_whole_run(data_dir, tmp_path):
+    cfg = compose_train(["scheduler=onecycle", f"data.data_dir={data_dir}"], tmp_path)
+    module = build_module(cfg, build_datamodule(cfg))
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    module.trainer = trainer
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(trainer), "estimated_stepping_batches", property(lambda self: 30))
+        scheduler = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert scheduler.total_steps == 30
+
+
+@pytest.mark.parametrize("logger", options("logger"))
+@pytest.mark.parametrize("trainer", ["cpu", "default", "ddp"])
+def test_trainer_callbacks_and_logger_options_build(trainer, logger, tmp_path):
+    cfg = compose_train([f"trainer={trainer}", f"logger={logger}", "trainer.accelerator=cpu"], tmp_path)
+    callbacks = {name: instantiate(c) for name, c in cfg.callbacks.items()}
+    assert callbacks["model_checkpoint"].dirpath == str(tmp_path / "checkpoints")
+    assert callbacks["early_stopping"].monitor == "val/acc"
+    built = build_trainer(cfg) if trainer != "ddp" else None
+    if built is not None:
+        assert built.max_epochs == 10
+        assert type(built.logger).__name__.lower().startswith(logger[:3])
+
+
+def test_gpu_trainer_option_composes():
+    cfg = compose_train(["trainer=gpu"])
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1
+
+
+def test_user_config_keys_exist():
+    """The keys the README and later features rely on are spelled as documented."""
+    cfg = compose_train(["optimizer=sgd"])
+    for key in (
+        "data.batch_size", "data.val_size", "data.data_dir", "model.hidden_dims", "model.dropout",
+        "model.activation", "optimizer.lr", "optimizer.weight_decay", "optimizer.momentum", "regularization.l1",
+        "trainer.max_epochs", "trainer.precision", "trainer.deterministic", "callbacks.early_stopping.patience",
+        "compile", "seed", "ckpt_path",
+    ):
+        node, *path = key.split(".")
+        value = cfg[node]
+        for part in path:
+            assert part in value, key
+            value = value[part]

@@ -1,0 +1,119 @@
+"""`python train.py ...` end to end, as a user runs it: fit, validate, test, run dir, resume, multirun."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REAL_DATA_DIR, ROOT, requires_real_mnist
+from mlplab.data import MNISTDataModule
+from mlplab.module import ClassifierModule
+
+FAST = ["trainer.max_epochs=2", "data.val_size=100", "data.batch_size=32", "trainer.enable_model_summary=false"]
+
+
+def train_py(*args: str, data_dir: Path | str, script: str = "train.py") -> subprocess.CompletedProcess:
+    env = os.environ | {"DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def finished_run(data_dir, tmp_path_factory) -> Path:
+    """The run dir of `python train.py` on the synthetic data; its console output is kept as output.txt."""
+    run_dir = tmp_path_factory.mktemp("run")
+    result = train_py(*FAST, f"hydra.run.dir={run_dir}", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run_dir / "output.txt").write_text(result.stdout + result.stderr)
+    return run_dir
+
+
+def test_run_prints_final_metrics_and_run_dir(finished_run):
+    output = (finished_run / "output.txt").read_text()
+    assert "test/acc" in output and "val/acc" in output
+    assert f"run dir: {finished_run}" in output
+
+
+def test_run_dir_holds_config_checkpoints_events_and_metrics(finished_run):
+    assert (finished_run / ".hydra" / "config.yaml").is_file()
+    assert (finished_run / "checkpoints" / "last.ckpt").is_file()
+    assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert {"val/acc", "val/loss", "test/acc", "test/loss", "best_ckpt", "epochs", "train_time_s"} <= metrics.keys()
+    assert metrics["epochs"] == 2
+    assert metrics["test/acc"] > 0.5  # the synthetic digits are learnable: far above chance (0.1)
+    assert Path(metrics["best_ckpt"]).parent == finished_run / "checkpoints"
+
+
+def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(finished_run, data_dir):
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    raw = torch.load(metrics["best_ckpt"], weights_only=True, map_location="cpu")
+    assert raw["hyper_parameters"]["net"]["hidden_dims"] == [512, 256]
+    module = ClassifierModule.load_from_checkpoint(metrics["best_ckpt"], map_location="cpu", weights_only=True)
+    dm = MNISTDataModule(data_dir=str(data_dir), val_size=100)
+    dm.setup("test")
+    images, labels = dm.test_set
+    module.eval()
+    with torch.no_grad():
+        accuracy = (module(images).argmax(1) == labels).float().mean().item()
+    assert accuracy == pytest.approx(metrics["test/acc"], abs=1e-6)  # test ran on the best checkpoint
+
+
+def test_resume_from_last_checkpoint_continues_training(finished_run, data_dir, tmp_path):
+    last = f"ckpt_path={finished_run}/checkpoints/last.ckpt"
+    result = train_py(*FAST, "trainer.max_epochs=3", "scheduler=none", last, f"hydra.run.dir={tmp_path}", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Restoring states from the checkpoint" in result.stdout + result.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_resume_cannot_stretch_a_whole_run_schedule(finished_run, data_dir, tmp_path):
+    last = f"ckpt_path={finished_run}/checkpoints/last.ckpt"
+    result = train_py(*FAST, "trainer.max_epochs=3", last, f"hydra.run.dir={tmp_path}", data_dir=data_dir)
+    assert result.returncode == 1
+    assert "OneCycleLR schedule over" in result.stdout + result.stderr and "Traceback" not in result.stderr
+
+
+def test_tutorial_overrides_reach_the_objects(data_dir, tmp_path):
+    """The README's second command: SGD with momentum, dropout and an L1 penalty."""
+    result = train_py(
+        "optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.9", "model.dropout=0.2",
+        "regularization.l1=1e-5", *FAST, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path}", data_dir=data_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    hparams = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["hyper_parameters"]
+    assert hparams["optimizer"]["_target_"] == "torch.optim.SGD" and hparams["optimizer"]["momentum"] == 0.9
+    assert hparams["net"]["dropout"] == 0.2 and hparams["l1"] == 1e-5
+
+
+def test_multirun_gives_each_job_its_own_dir(data_dir, tmp_path):
+    result = train_py(
+        "-m", "optimizer.lr=1e-3,3e-3", *FAST, "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path}", data_dir=data_dir
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job in ("0", "1"):
+        assert json.loads((tmp_path / job / "metrics.json").read_text())["test/acc"] > 0
+    assert (tmp_path / "multirun.yaml").is_file()
+
+
+def test_missing_data_is_one_clear_line(tmp_path):
+    result = train_py("data.download=false", f"hydra.run.dir={tmp_path}/run", data_dir=tmp_path / "empty")
+    assert result.returncode == 1
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
+    assert len(errors) == 1 and "MNIST/raw" in errors[0] and "Traceback" not in result.stderr
+
+
+@pytest.mark.real_data
+@requires_real_mnist
+def test_one_epoch_of_the_default_recipe_on_real_mnist(tmp_path):
+    result = train_py("trainer.max_epochs=1", f"hydra.run.dir={tmp_path}", data_dir=REAL_DATA_DIR)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["test/acc"] >= 0.96

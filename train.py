@@ -1,0 +1,20 @@
+"""Train an MLP on MNIST-family images: `python train.py model=mlp trainer.max_epochs=10`.
+
+Every setting lives in conf/ (start at conf/train.yaml); the pipeline is mlplab.pipeline.train.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from mlplab.errors import reported_as_one_line
+from mlplab.pipeline import train
+
+
+@hydra.main(config_path="conf", config_name="train", version_base="1.3")
+@reported_as_one_line
+def main(cfg: DictConfig) -> float:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()
