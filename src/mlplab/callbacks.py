@@ -44,4 +44,4 @@ class EpochTimer(L.Callback):
         self._start = None
         self.epoch_seconds.append(seconds)
         samples_per_s = self._samples * trainer.world_size / seconds
-        pl_module.log_dict({"time/epoch_s": seconds, "time/samples_per_s": samples_per_s}, on_epoch=True)
+        pl_module.log_dict({"time/epoch_s": seconds, "time/samples_per_s": samples_per_s}, on_epoch=True, sync_dist=True)
