@@ -6,7 +6,10 @@ short training run must really beat chance; the real loading code reads them lik
 
 from __future__ import annotations
 
+import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from omegaconf import DictConfig, open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
-REAL_DATA_DIR = Path(__import__("os").environ.get("DATA_DIR", "/nonexistent"))
+REAL_DATA_DIR = Path(os.environ.get("DATA_DIR", "/nonexistent"))
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -62,6 +65,14 @@ def compose_train(overrides: list[str] = (), output_dir: Path | None = None) -> 
     with open_dict(cfg):
         cfg.output_dir = str(output_dir or "unused")
     return cfg
+
+
+def run_script(script: str, *args: str, data_dir: Path | str) -> subprocess.CompletedProcess:
+    """Run an entry point (`python train.py ...`) as a user would, with DATA_DIR pointing at data_dir."""
+    env = os.environ | {"DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"}
+    return subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 requires_real_mnist = pytest.mark.skipif(

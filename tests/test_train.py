@@ -3,26 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REAL_DATA_DIR, ROOT, requires_real_mnist
+from conftest import REAL_DATA_DIR, requires_real_mnist, run_script
 from mlplab.data import MNISTDataModule
 from mlplab.module import ClassifierModule
 
 FAST = ["trainer.max_epochs=2", "data.val_size=100", "data.batch_size=32", "trainer.enable_model_summary=false"]
 
 
-def train_py(*args: str, data_dir: Path | str, script: str = "train.py") -> subprocess.CompletedProcess:
-    env = os.environ | {"DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
-    )
+def train_py(*args: str, data_dir: Path | str) -> subprocess.CompletedProcess:
+    return run_script("train.py", *args, data_dir=data_dir)
 
 
 @pytest.fixture(scope="module")
