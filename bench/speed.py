@@ -122,7 +122,7 @@ def mlplab_trainer(args, device, precision: str) -> list[float]:
     from omegaconf import open_dict
 
     from mlplab.callbacks import EpochTimer
-    from mlplab.pipeline import build_datamodule, build_module, build_trainer
+    from mlplab.pipeline import build
 
     overrides = [
         f"data.data_dir={args.data_dir}", f"data.batch_size={args.batch_size}", "scheduler=none",
@@ -130,18 +130,13 @@ def mlplab_trainer(args, device, precision: str) -> list[float]:
         f"trainer.max_epochs={args.epochs}", f"trainer.precision={precision}",
         f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}", "trainer.devices=1",
         "trainer.enable_model_summary=false", "callbacks.early_stopping=null", "logger=csv",
-        f"compile={args.compile}",
+        f"compile={args.compile}", f"compile_options.dynamic={args.dynamic}",
     ]
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
     with open_dict(cfg):
         cfg.output_dir = str(Path(args.out) / "mlplab_run")
-    torch.manual_seed(0)
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg)
-    if cfg.compile:
-        module.net.compile()
+    datamodule, module, trainer = build(cfg)
     trainer.fit(module, datamodule=datamodule)
     timer = next(cb for cb in trainer.callbacks if isinstance(cb, EpochTimer))
     return timer.epoch_seconds
@@ -165,6 +160,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=4, help="epochs per path; the first is reported apart")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network in (c)")
+    parser.add_argument("--dynamic", action="store_true", help="with --compile: dynamic shapes (default: static)")
     parser.add_argument("--precision", default="auto", help="Lightning precision for (c); (c32) is always 32-true")
     parser.add_argument("--paths", default="a,b,b_fused,c32,c", help="which paths to time, comma-separated")
     parser.add_argument("--out", default=None, help="where (c) writes its run dir (default: a new temp dir)")

@@ -91,3 +91,16 @@ def test_user_config_keys_exist():
         for part in path:
             assert part in value, key
             value = value[part]
+
+
+def test_tutorial_experiment_is_the_original_recipe():
+    cfg = compose_train(["+experiment=tutorial"])
+    assert cfg.data.batch_size == 64 and cfg.optimizer.lr == 1e-3 and cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.scheduler is None and cfg.data.augment.enabled is False
+    assert cfg.regularization.label_smoothing == 0 and cfg.trainer.precision == "32-true"
+    assert list(cfg.model.hidden_dims) == [512, 256] and cfg.model.activation == "relu"
+
+
+def test_auto_precision_resolves_to_a_lightning_precision(tmp_path):
+    trainer = build_trainer(compose_train(["trainer.accelerator=cpu", "logger=csv"], tmp_path))
+    assert type(trainer.precision_plugin).__name__ in ("MixedPrecision", "Precision")

@@ -71,21 +71,26 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return trainer
 
 
+def build(cfg: DictConfig) -> tuple[MNISTDataModule, ClassifierModule, L.Trainer]:
+    """Everything a run needs, seeded and (with ``compile=true``) compiled, not yet fitted."""
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    if cfg.compile:
+        module.net.compile(**(cfg.get("compile_options") or {}))  # in place: state_dict keys stay unchanged
+    return datamodule, module, trainer
+
+
 def train(cfg: DictConfig) -> float:
     """Fit, evaluate the best checkpoint on validation and, once, on the official test set.
 
     Returns the monitored metric of the best checkpoint so a Hydra sweeper can optimize it.
     """
     output_dir = Path(cfg.output_dir)
-    if cfg.get("float32_matmul_precision"):
-        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-
-    datamodule = build_datamodule(cfg)
-    module = build_module(cfg, datamodule)
-    trainer = build_trainer(cfg)
-    if cfg.compile:
-        module.net.compile(**(cfg.get("compile_options") or {}))  # in place: state_dict keys stay unchanged
+    datamodule, module, trainer = build(cfg)
 
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
