@@ -96,7 +96,7 @@ def test_user_config_keys_exist():
 def test_tutorial_experiment_is_the_original_recipe():
     cfg = compose_train(["+experiment=tutorial"])
     assert cfg.data.batch_size == 64 and cfg.optimizer.lr == 1e-3 and cfg.optimizer._target_ == "torch.optim.Adam"
-    assert cfg.scheduler is None and cfg.data.augment.enabled is False
+    assert not cfg.scheduler and cfg.data.augment.enabled is False  # scheduler=none: constant LR
     assert cfg.regularization.label_smoothing == 0 and cfg.trainer.precision == "32-true"
     assert list(cfg.model.hidden_dims) == [512, 256] and cfg.model.activation == "relu"
 
