@@ -1,0 +1,119 @@
+"""When training goes wrong: a diverging loss, Ctrl-C, a preempted job. Stop cleanly, say what was kept.
+
+``StopOnNonFiniteLoss``: a learning rate too high for the recipe turns the loss into inf or NaN and every
+later step into wasted time, while ``last.ckpt`` would be overwritten with NaN weights at the end of the
+epoch. Checking ``loss.isfinite()`` on the host each step would make every step wait for the device (a CUDA
+sync per step); instead each step records the first non-finite loss *on the device* (three tiny tensor ops),
+and the host looks at the record every ``check_every_n_steps`` steps and before every validation and
+checkpoint. On a CPU that is exact to the step; on a GPU training stops within ``check_every_n_steps`` steps
+of the first bad one, and never after saving it.
+
+``ReportInterruption``: Lightning stops at the next batch boundary on SIGTERM (cluster preemption) and at
+once on Ctrl-C; neither writes anything. The last finished epoch is already in ``last.ckpt`` (written
+atomically after every validation, with the random states: resuming from it reproduces the uninterrupted run
+exactly, which a mid-epoch checkpoint of these loaders would not). This callback says so in one line with the
+command that resumes, and makes SIGTERM exit with status 1 like Ctrl-C (Lightning's SIGTERM exit status is 0,
+which a scheduler reads as success).
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from mlplab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError):
+    """The training loss became inf or NaN."""
+
+
+def kept_checkpoint(trainer: L.Trainer) -> str:
+    """Which checkpoint holds the last good state, in words, for the one-line reports."""
+    checkpoint = trainer.checkpoint_callback
+    last = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
+    if not last or not Path(last).is_file():
+        return "no epoch finished, so no checkpoint was kept"
+    epoch = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"]
+    return f"{last} keeps the end of epoch {epoch}"
+
+
+class StopOnNonFiniteLoss(L.Callback):
+    """Ends training with a TrainingDiverged error naming the epoch and step of the first non-finite loss."""
+
+    def __init__(self, check_every_n_steps: int = 50) -> None:
+        self.check_every_n_steps = check_every_n_steps
+        self._bad_batch: torch.Tensor | None = None  # on the device: index of the first non-finite loss, or -1
+        self._bad_loss: torch.Tensor | None = None
+        self._epoch_start_step = 0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._bad_batch = self._bad_loss = None
+        self._epoch_start_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        loss = outputs["loss"] if isinstance(outputs, Mapping) else outputs
+        if loss is None:
+            return
+        loss = loss.detach()
+        if self._bad_batch is None:
+            self._bad_batch, self._bad_loss = torch.full_like(loss, -1.0, dtype=torch.float32), loss
+        first = ~loss.isfinite() & (self._bad_batch < 0)
+        # Python scalars and device tensors only: nothing here waits for the device.
+        self._bad_batch = torch.where(first, float(batch_idx), self._bad_batch)
+        self._bad_loss = torch.where(first, loss, self._bad_loss)
+        if (batch_idx + 1) % self.check_every_n_steps == 0:
+            self._check(trainer)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.state.fn == "fit" and not trainer.sanity_checking:
+            self._check(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._check(trainer)
+
+    def _check(self, trainer: L.Trainer) -> None:
+        if self._bad_batch is None:
+            return
+        bad_batch = int(trainer.strategy.reduce(self._bad_batch.clone(), reduce_op="max"))  # one rank diverged: all stop
+        if bad_batch < 0:
+            return
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        raise TrainingDiverged(
+            f"training diverged: the loss was {float(self._bad_loss)} at epoch {trainer.current_epoch}, "
+            f"batch {bad_batch} (step {self._epoch_start_step + bad_batch}), learning rate {lr:.3g}; stopped "
+            f"before saving it: {kept_checkpoint(trainer)}. Lower optimizer.lr, or regularize (model.batch_norm=true)"
+        )
+
+
+class ReportInterruption(L.Callback):
+    """On Ctrl-C or SIGTERM: one line saying where it stopped, what was kept and how to resume; exit status 1."""
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        if not isinstance(exception, KeyboardInterrupt | SIGTERMException):
+            return
+        if isinstance(exception, SIGTERMException):
+            exception.code = 1  # re-raised by Lightning as SystemExit: the process exits with it
+        if not trainer.is_global_zero:
+            return
+        signal_name = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C (SIGINT)"
+        where = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
+        checkpoint = trainer.checkpoint_callback
+        last = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
+        resume = ""
+        if last and Path(last).is_file():
+            run_dir = trainer.default_root_dir
+            kept = [arg for arg in sys.argv[1:] if not arg.startswith(("ckpt_path=", "hydra.run.dir="))]
+            command = ["python", sys.argv[0], *kept, f"ckpt_path={last}", f"hydra.run.dir={run_dir}"]
+            resume = "; resume with: " + shlex.join(command)
+        log.warning("interrupted by %s %s: %s%s", signal_name, where, kept_checkpoint(trainer), resume)
