@@ -10,11 +10,13 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -26,6 +28,7 @@ from mlplab.checkpoints import AtomicCheckpointIO, RandomState
 from mlplab.config import ValidateBeforeRun, validate
 from mlplab.data import MNISTDataModule, load_split
 from mlplab.errors import ConfigError, DataError
+from mlplab.faults import StopOnDivergence, TrainingDiverged
 
 FAST = ["trainer.max_epochs=2", "data.val_size=100", "data.batch_size=32", "trainer.enable_model_summary=false",
         "trainer.precision=32-true", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
@@ -249,11 +252,25 @@ def test_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(da
     )
     assert result.returncode == 1
     (line,) = error_lines(result)
-    assert "training diverged: the loss was nan at epoch 1, batch" in line or "the loss was inf at epoch 1" in line, line
+    assert re.search(r"error: training diverged: the loss was .+ at epoch 1, batch \d+ \(step \d+\)", line), line
     assert "last.ckpt keeps the end of epoch 0" in line and "Traceback" not in result.stderr
     kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert kept["epoch"] == 0 and all(t.isfinite().all() for t in kept["state_dict"].values())
     assert not (tmp_path / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("world_size", [1, 2], ids=["one CPU process: checked each step", "GPU or DDP: recorded on the device"])
+def test_divergence_is_reported_at_the_first_bad_step(world_size):
+    trainer = SimpleNamespace(world_size=world_size, current_epoch=3, global_step=40, optimizers=[], checkpoint_callback=None,
+                              strategy=SimpleNamespace(reduce=lambda tensor, reduce_op: tensor))
+    guard = StopOnDivergence(check_every_n_steps=100)
+    guard.on_train_start(trainer, SimpleNamespace(hparams={"net": {"num_classes": 10}}))
+    guard.on_train_epoch_start(trainer, None)
+    with pytest.raises(TrainingDiverged, match=r"the loss was nan at epoch 3, batch 2 \(step 42\)") as err:
+        for batch_idx, loss in enumerate([2.3, 2.1, math.nan, 1e9]):
+            guard.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, batch_idx)
+        guard.on_train_epoch_end(trainer, None)  # the host reads the device-side record
+    assert "no epoch finished, so no checkpoint was kept" in str(err.value)
 
 
 # --- 5. checkpoints ---------------------------------------------------------------------------------------------
