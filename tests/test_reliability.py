@@ -22,10 +22,11 @@ import numpy as np
 import pytest
 import torch
 from hydra.errors import MissingConfigException
+from omegaconf import open_dict
 
 from conftest import ROOT, compose_train, make_dataset, run_script
 from mlplab.checkpoints import AtomicCheckpointIO, RandomState
-from mlplab.config import ValidateBeforeRun, validate
+from mlplab.config import ValidateBeforeRun, validate, validate_sweep
 from mlplab.data import MNISTDataModule, load_split
 from mlplab.errors import ConfigError, DataError
 from mlplab.faults import StopOnDivergence, TrainingDiverged
@@ -61,6 +62,9 @@ BAD_VALUES = [
     (["ckpt_path=/no/such/last.ckpt"], "ckpt_path='/no/such/last.ckpt' must be an existing checkpoint file"),
     (["+data.samples_per_class=0"], "data.samples_per_class=0 must be an integer >= 1, or null for all"),
     (["+data.num_folds=5", "+data.fold=5"], "data.fold=5 must be an integer in [0, data.num_folds=5)"),
+    (["+data.num_folds=1", "+data.fold=0"], "data.num_folds=1 must be an integer >= 2, or null for one hold-out split"),
+    (["+data.num_folds=null", "+data.fold=2"], "data.fold=2 must be null unless data.num_folds is set"),
+    (["+data.train_fraction=0"], "data.train_fraction=0 must be a number in (0, 1], or null for all"),
 ]
 
 
@@ -82,6 +86,30 @@ def test_every_problem_is_reported_at_once(data_dir):
                                    "+experiment=tutorial", "trainer=ddp", "callbacks.early_stopping=null"])
 def test_shipped_configs_are_valid(group, data_dir):
     validate(compose_train([group, "data.val_size=100", f"data.data_dir={data_dir}"]))
+
+
+def with_command_line(cfg, overrides: list[str], choices: dict[str, str]):
+    """The config as Hydra hands it to a multirun callback: sweeps on the command line, defaults in the values."""
+    with open_dict(cfg):
+        cfg.hydra = {"overrides": {"task": overrides}, "runtime": {"choices": choices}}
+    return cfg
+
+
+def test_every_swept_value_is_checked_before_the_first_job(data_dir):
+    overrides = ["optimizer.lr=1e-3,-1", "model.dropout=0,0.2", "optimizer=adam,sgd", "data.val_size=100"]
+    cfg = with_command_line(compose_train(["data.val_size=100", f"data.data_dir={data_dir}"]), overrides, {"optimizer": "adam"})
+    with pytest.raises(ConfigError) as err:
+        validate_sweep(cfg)
+    assert str(err.value) == "optimizer.lr=-1 must be a number > 0 (in the sweep)"
+
+
+def test_a_cross_validation_sweep_is_valid(data_dir):
+    overrides = ["data.val_size=100", "+data.num_folds=3", "+data.fold=range(3)"]
+    cfg = compose_train(["data.val_size=100", "+data.num_folds=3", "+data.fold=null", f"data.data_dir={data_dir}"])
+    validate_sweep(with_command_line(cfg, overrides, {"optimizer": "adam"}))
+    cfg = compose_train(["+data.num_folds=3", "+data.fold=null", f"data.data_dir={data_dir}"])
+    with pytest.raises(ConfigError, match=r"data.fold=None must be an integer in \[0, data.num_folds=3\)"):
+        validate(cfg)  # one job must name its fold
 
 
 def test_validation_before_the_run_exits_with_one_line_or_the_traceback_on_request(data_dir, monkeypatch, capsys):

@@ -7,8 +7,9 @@ the training set). A table of rules checks both, and the entry points share it.
 
 When it runs: ``ValidateBeforeRun`` (registered under ``hydra.callbacks`` in conf/train.yaml) calls
 :func:`validate` from Hydra's ``on_run_start``, which comes *before* Hydra creates the run directory, so a
-typo leaves nothing behind; ``mlplab.pipeline.train`` calls it again first thing, which covers multirun
-jobs (their values are known only per job) and in-process callers. It costs a header read of one data file.
+typo leaves nothing behind; for a multirun, :func:`validate_sweep` checks every swept value before the first
+job starts. ``mlplab.pipeline.train`` calls :func:`validate` again first thing, which covers each multirun job
+(swept groups, keys that depend on each other) and in-process callers. It costs a header read of one data file.
 
 Every problem found is reported, on one line: ``key=value must be <what is allowed>``.
 Unknown group options (``optimizer=adamx``) and unknown keys are refused by Hydra itself, which lists the
@@ -17,10 +18,12 @@ valid options.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, get_args
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -80,7 +83,8 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 # Keys that may appear in any group (few-shot subsets, cross-validation folds): checked wherever they are.
 ANYWHERE: dict[str, tuple[Callable[[Any], bool], str]] = {
     "samples_per_class": (lambda v: v is None or count(v), "an integer >= 1, or null for all"),
-    "num_folds": (integer(lambda v: v >= 2), "an integer >= 2"),
+    "train_fraction": (lambda v: v is None or number(lambda f: 0 < f <= 1)(v), "a number in (0, 1], or null for all"),
+    "num_folds": (lambda v: v is None or integer(lambda n: n >= 2)(v), "an integer >= 2, or null for one hold-out split"),
 }
 
 
@@ -89,6 +93,39 @@ def validate(cfg: DictConfig) -> None:
     problems = [f"{key}={shown(value)} must be {allowed}" for key, value, allowed in violations(cfg)]
     if problems:
         raise ConfigError("; ".join(problems))
+
+
+def validate_sweep(cfg: DictConfig) -> None:
+    """``validate`` for a multirun, before its first job: the shared values, and each value of each swept key.
+
+    Hydra composes a multirun's config without its sweeps (``optimizer.lr=1e-3,-1``: ``lr`` holds the default),
+    so each swept value is checked in a copy of that config. Keys checked against each other (``data.fold``
+    against ``data.num_folds``) and swept config groups are left to each job's own ``validate``.
+    """
+    sweeps = value_sweeps(cfg)
+    swept_paths = {key.removesuffix("num_folds") + "fold" for key in sweeps if key.endswith("num_folds")} | set(sweeps)
+    problems = [f"{key}={shown(value)} must be {allowed}" for key, value, allowed in violations(cfg) if key not in swept_paths]
+    for key, values in sweeps.items():
+        for value in values:
+            trial = copy.deepcopy(cfg)
+            OmegaConf.update(trial, key, value, force_add=True)
+            problems += [f"{key}={shown(bad)} must be {allowed} (in the sweep)" for k, bad, allowed in violations(trial) if k == key]
+    if problems:
+        raise ConfigError("; ".join(dict.fromkeys(problems)))
+
+
+def value_sweeps(cfg: DictConfig) -> dict[str, list[Any]]:
+    """``{key: values}`` of the command line's sweeps over values (``a.b=1,2``, ``range(3)``), not over groups."""
+    groups = set(OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {})
+    overrides = OverridesParser.create().parse_overrides(list(OmegaConf.select(cfg, "hydra.overrides.task", default=[])))
+    sweeps = {}
+    for override in overrides:
+        if override.is_sweep_override() and override.key_or_group not in groups:
+            try:
+                sweeps[override.key_or_group] = list(override.sweep_iterator())
+            except Exception:  # an interval for an optimizing sweeper: no list of values to check
+                continue
+    return sweeps
 
 
 def violations(cfg: DictConfig) -> Iterator[tuple[str, Any, str]]:
@@ -100,9 +137,12 @@ def violations(cfg: DictConfig) -> Iterator[tuple[str, Any, str]]:
         for key, (test, allowed) in ANYWHERE.items():
             if key in node and not test(node[key]):
                 yield path + key, node[key], allowed
-        folds, fold = node.get("num_folds"), node.get("fold", ABSENT)
-        if fold is not ABSENT and "num_folds" in node and not (isinstance(folds, int) and integer(lambda v: 0 <= v < folds)(fold)):
-            yield path + "fold", fold, f"an integer in [0, {path}num_folds={folds})"
+        if "num_folds" in node and "fold" in node:
+            folds, fold = node.num_folds, node.fold
+            if folds is None and fold is not None:
+                yield path + "fold", fold, f"null unless {path}num_folds is set"
+            elif count(folds) and not integer(lambda v: 0 <= v < folds)(fold):
+                yield path + "fold", fold, f"an integer in [0, {path}num_folds={folds}) (every fold: -m '{path}fold=range({folds})')"
     yield from val_size_violation(cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and not Path(ckpt_path).is_file():
@@ -113,7 +153,7 @@ def val_size_violation(cfg: DictConfig) -> Iterator[tuple[str, Any, str]]:
     """``data.val_size`` must leave training images: the size of the training set comes from its IDX header."""
     data = cfg.get("data") or {}
     val_size, dataset = data.get("val_size"), data.get("dataset")
-    if not count(val_size) or dataset not in DATASETS or data.get("data_dir") is None:
+    if not count(val_size) or dataset not in DATASETS or data.get("data_dir") is None or data.get("num_folds"):
         return
     labels = raw_folder(data.data_dir, dataset) / "train-labels-idx1-ubyte"
     if not labels.is_file():
@@ -140,14 +180,14 @@ def shown(value: Any) -> str:
 class ValidateBeforeRun(Callback):
     """Hydra callback: validate the composed config before Hydra creates the run directory.
 
-    A bad value ends the command with one line and exit status 1, and leaves no empty run directory.
-    Multirun jobs differ in their values, so each job is validated when it starts (by the pipeline); here only
-    the values shared by all jobs are checked, before the sweep directory exists.
+    A bad value ends the command with one line and exit status 1, and leaves no empty run directory. For a
+    multirun, the shared values and every swept value are checked before the first job starts; each job is
+    validated again when it starts (by the pipeline), which covers swept groups and keys that depend on each other.
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         reported_as_one_line(validate)(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        reported_as_one_line(validate)(config)
+        reported_as_one_line(validate_sweep)(config)
 
