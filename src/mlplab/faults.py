@@ -33,6 +33,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mlplab.errors import UserError
@@ -132,7 +133,14 @@ class ReportInterruption(L.Callback):
         resume = ""
         if last and Path(last).is_file():
             run_dir = trainer.default_root_dir
-            kept = [arg for arg in sys.argv[1:] if not arg.startswith(("ckpt_path=", "hydra.run.dir="))]
+            kept = [arg for arg in command_line_overrides() if not arg.startswith(("ckpt_path=", "hydra.run.dir="))]
             command = ["python", sys.argv[0], *kept, f"ckpt_path={last}", f"hydra.run.dir={run_dir}"]
             resume = "; resume with: " + shlex.join(command)
         log.warning("interrupted by %s %s: %s%s", signal_name, where, kept_checkpoint(trainer), resume)
+
+
+def command_line_overrides() -> list[str]:
+    """This run's overrides: Hydra's record of them (one job's values in a multirun), else the command line."""
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return sys.argv[1:]
