@@ -23,6 +23,7 @@ from torchvision import datasets, transforms
 
 from mlplab.augment import BatchAffine
 from mlplab.errors import ConfigError, DataError
+from mlplab.idx import check_split
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,10 @@ def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[torch.T
     missing = [name for name in expected_files(dataset) if not (raw_folder(data_dir, dataset) / name).is_file()]
     if missing:
         raise DataError(missing_data_message(data_dir, dataset, missing))
-    ds = DATASETS[dataset].torchvision_class(str(data_dir), train=train, download=False)
+    prefix, info = ("train" if train else "t10k"), DATASETS[dataset]
+    folder = raw_folder(data_dir, dataset)
+    check_split(folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte", info.image_shape[1:], len(info.class_names))
+    ds = info.torchvision_class(str(data_dir), train=train, download=False)
     return ds.data, ds.targets
 
 

@@ -18,6 +18,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mlplab.config import validate
 from mlplab.data import MNISTDataModule
 from mlplab.module import ClassifierModule
 
@@ -89,6 +90,7 @@ def train(cfg: DictConfig) -> float:
 
     Returns the monitored metric of the best checkpoint so a Hydra sweeper can optimize it.
     """
+    validate(cfg)
     output_dir = Path(cfg.output_dir)
     datamodule, module, trainer = build(cfg)
 
