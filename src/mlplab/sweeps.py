@@ -161,6 +161,7 @@ class JobResult:
 
 
 def read_job(job_dir: Path, sweep_dir: Path) -> tuple[JobResult, dict[str, Any]]:
+    """A job's overrides (as Hydra saved them), its job.json record and, when it finished, its metrics.json."""
     overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
     pairs = dict(item.partition("=")[::2] for item in overrides)
     record_file, metrics_file = job_dir / JOB_RECORD, job_dir / "metrics.json"
@@ -169,7 +170,7 @@ def read_job(job_dir: Path, sweep_dir: Path) -> tuple[JobResult, dict[str, Any]]
     value = record.get("value")
     result = JobResult(
         name=job_dir.relative_to(sweep_dir).as_posix(),
-        overrides={key.lstrip("+"): value for key, value in pairs.items()},
+        overrides={key.lstrip("+"): text for key, text in pairs.items()},
         status=record.get("status", "unfinished"),
         error=record.get("error") or ("" if record else f"no {JOB_RECORD}: killed, or still running"),
         value=math.nan if value is None else float(value),
