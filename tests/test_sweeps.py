@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from conftest import CONF_DIR, run_script
 from mlplab.data import MNISTDataModule, load_split, split_folds
 from mlplab.errors import ConfigError
-from mlplab.sweeps import available_cores, check_direction, job_threads
+from mlplab.sweeps import SweepSummary, available_cores, job_threads
 
 # One epoch on the synthetic data, quietly.
 FAST = [
@@ -169,13 +169,6 @@ def test_optuna_search_runs_its_trials_as_submitit_local_jobs(data_dir, tmp_path
     assert optuna_best["best_value"] == pytest.approx(float(rows[0]["val/acc"]))
 
 
-def test_optuna_direction_must_match_the_monitored_metric():
-    check_direction(OmegaConf.create({"direction": "maximize"}), "val/acc", "max")
-    check_direction(OmegaConf.create({}), "val/acc", "max")  # the basic sweeper has no direction
-    with pytest.raises(ConfigError, match="hydra.sweeper.direction=minimize but the objective, val/acc, is best at its max"):
-        check_direction(OmegaConf.create({"direction": "minimize"}), "val/acc", "max")
-
-
 # --- launcher configs -----------------------------------------------------------------------------------------
 
 
@@ -195,6 +188,14 @@ def test_optuna_search_composes_with_a_seeded_sampler():
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert sweeper.sampler.seed == 3
     assert {"optimizer.lr", "optimizer.weight_decay", "model.dropout", "model.hidden_dims", "data.batch_size"} <= set(sweeper.params)
+
+
+def test_optuna_direction_must_match_the_monitored_metric_before_any_job(caplog):
+    SweepSummary().on_multirun_start(compose_hydra(["hparams_search=mlp_optuna"]))
+    SweepSummary().on_multirun_start(compose_hydra([]))  # the basic sweeper has no direction
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_start(compose_hydra(["hparams_search=mlp_optuna", "hydra.sweeper.direction=minimize"]))
+    assert "hydra.sweeper.direction=minimize but the objective, val/acc, is best at its max" in caplog.text
 
 
 def test_parallel_jobs_get_their_share_of_the_cores():

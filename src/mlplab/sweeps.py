@@ -117,7 +117,6 @@ def recorded_sweep_job(task: Callable[[DictConfig], float]) -> Callable[[DictCon
         if not multirun:
             return task(cfg)
         monitor, mode = monitored_metric(cfg)
-        check_direction(hydra_cfg.sweeper, monitor, mode)  # a mistake of the whole sweep: it ends here
         record: dict[str, Any] = {"status": "interrupted", "monitor": monitor, "mode": mode, "value": None,
                                   "error": None, "threads": torch.get_num_threads()}
         start = time.perf_counter()
@@ -357,7 +356,17 @@ def write_summary(summary: Summary, sweep_dir: Path) -> str:
 
 
 class SweepSummary(Callback):
-    """At the end of a multirun: the results table in the sweep dir and on the console; exit 1 if a job failed."""
+    """At the end of a multirun: the results table in the sweep dir and on the console; exit 1 if a job failed.
+
+    At its start: an optimizing sweeper's direction checked against the monitored metric, before any job runs.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_direction(config.hydra.sweeper, *monitored_metric(config))
+        except ConfigError as err:
+            log.error("error: %s", err)
+            raise SystemExit(1) from err
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
