@@ -5,8 +5,8 @@ epoch in Python. Here each split is one normalized float tensor moved to the tra
 a batch is one index gather. The torchvision ``DataLoader`` path stays available (``loader: torchvision``)
 for users who want per-sample transforms.
 
-Validation is carved from the official *training* set by a seeded split; ``test`` is always the official
-test set, used once at the end.
+Validation is carved from the official *training* set by a seeded split (or, with ``num_folds``, is one
+fold of a stratified k-fold partition of it); ``test`` is always the official test set, used once at the end.
 """
 
 from __future__ import annotations
@@ -93,6 +93,37 @@ def split_train_val(num_samples: int, val_size: int, seed: int) -> tuple[torch.T
     return order[val_size:].sort().values, order[:val_size].sort().values
 
 
+def check_folds(num_folds: int | None, fold: int | None) -> None:
+    """Refuse a fold setting that cannot name one validation fold, before any data is read."""
+    if num_folds is None:
+        if fold is not None:
+            raise ConfigError(f"data.fold={fold} needs data.num_folds (the number of folds, >= 2)")
+        return
+    if num_folds < 2:
+        raise ConfigError(f"data.num_folds={num_folds} must be >= 2 (or null: one hold-out split of data.val_size)")
+    if fold is None or not 0 <= fold < num_folds:
+        raise ConfigError(
+            f"data.fold={fold} must be one of 0..{num_folds - 1} with data.num_folds={num_folds} "
+            f"(all of them: -m 'data.fold=range({num_folds})')"
+        )
+
+
+def split_folds(labels: torch.Tensor, num_folds: int, fold: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices) for one fold of a stratified, seeded k-fold partition.
+
+    Images are shuffled (seeded), grouped by class keeping that order, and dealt to folds in turn: every fold
+    gets each class's share to within one image, and fold sizes differ by at most one. The same seed gives
+    the same partition for every ``fold``, so the k jobs of a cross-validation validate on disjoint folds.
+    """
+    if num_folds > len(labels):
+        raise ConfigError(f"data.num_folds={num_folds} is more than the {len(labels)} training images")
+    shuffled = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    by_class = shuffled[torch.sort(labels[shuffled], stable=True).indices]
+    fold_of = torch.empty(len(labels), dtype=torch.long)
+    fold_of[by_class] = torch.arange(len(labels)) % num_folds
+    return (fold_of != fold).nonzero().squeeze(1), (fold_of == fold).nonzero().squeeze(1)
+
+
 class TensorLoader:
     """Batches gathered by index from tensors already on the training device.
 
@@ -130,7 +161,11 @@ class TensorLoader:
 
 
 class MNISTDataModule(L.LightningDataModule):
-    """MNIST, Fashion-MNIST or KMNIST with a seeded validation split carved from the training set."""
+    """MNIST, Fashion-MNIST or KMNIST with a seeded validation split carved from the training set.
+
+    ``num_folds=k, fold=i``: validate on fold i of a stratified k-fold partition of the training set
+    (seeded by ``split_seed``; ``val_size`` is then unused) and train on the other k-1 folds.
+    """
 
     def __init__(
         self,
@@ -145,12 +180,15 @@ class MNISTDataModule(L.LightningDataModule):
         num_workers: int = 0,
         download: bool = True,
         augment: dict | None = None,
+        num_folds: int | None = None,
+        fold: int | None = None,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ConfigError(f"data.dataset={dataset!r} is not known; choose one of {', '.join(DATASETS)}")
         if loader not in LOADERS:
             raise ConfigError(f"data.loader={loader!r} is not known; choose one of {', '.join(LOADERS)}")
+        check_folds(num_folds, fold)
         self.save_hyperparameters()
         self.info = DATASETS[dataset]
         self.augment = BatchAffine(**augment) if augment and augment.get("enabled", True) else None
@@ -183,7 +221,10 @@ class MNISTDataModule(L.LightningDataModule):
             return
         images, labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=True)
         test_images, test_labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=False)
-        train_idx, val_idx = split_train_val(len(labels), self.hparams.val_size, self.hparams.split_seed)
+        if self.hparams.num_folds is None:
+            train_idx, val_idx = split_train_val(len(labels), self.hparams.val_size, self.hparams.split_seed)
+        else:
+            train_idx, val_idx = split_folds(labels, self.hparams.num_folds, self.hparams.fold, self.hparams.split_seed)
         if self.hparams.loader == "torchvision":
             self._setup_torchvision(train_idx, val_idx)
             return

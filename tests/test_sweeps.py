@@ -1,0 +1,208 @@
+"""Sweeps end with an answer: `python train.py -m ...` writes a results table, survives failing jobs,
+cross-validates with data.fold, searches with Optuna, and runs jobs in parallel (joblib, submitit)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from conftest import CONF_DIR, run_script
+from mlplab.data import MNISTDataModule, load_split, split_folds
+from mlplab.errors import ConfigError
+from mlplab.sweeps import SweepSummary, available_cores, job_threads
+
+# One epoch on the synthetic data, quietly.
+FAST = [
+    "trainer.max_epochs=1", "data.val_size=100", "data.batch_size=32", "trainer.enable_model_summary=false",
+    "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
+]
+
+
+def sweep(sweep_dir: Path, *args: str, data_dir: Path):
+    result = run_script("train.py", "-m", *args, *FAST, f"hydra.sweep.dir={sweep_dir}", data_dir=data_dir)
+    (sweep_dir / "output.txt").write_text(result.stdout + result.stderr)
+    return result
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def job_files(sweep_dir: Path, name: str) -> dict[str, dict]:
+    """{job dir name: contents of its <name> json file}"""
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{name}")}
+
+
+# --- a 2x2 grid in which one dropout value is invalid: two jobs fail, the sweep goes on -----------------------
+
+
+@pytest.fixture(scope="module")
+def grid(data_dir, tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("grid")
+    result = sweep(sweep_dir, "optimizer.lr=0.00001,0.003", "model.dropout=0,1.5", data_dir=data_dir)
+    return sweep_dir, result
+
+
+def test_grid_ends_with_a_table_of_every_job_best_first(grid):
+    sweep_dir, result = grid
+    rows = read_csv(sweep_dir / "summary.csv")
+    assert len(rows) == 4
+    assert {(r["optimizer.lr"], r["model.dropout"]) for r in rows} == {
+        ("1e-05", "0"), ("1e-05", "1.5"), ("0.003", "0"), ("0.003", "1.5")  # as Hydra writes them
+    }
+    ok = [r for r in rows if r["status"] == "ok"]
+    metrics = job_files(sweep_dir, "metrics.json")
+    assert [float(r["val/acc"]) for r in ok] == sorted((m["val/acc"] for m in metrics.values()), reverse=True)
+    best = ok[0]
+    assert (best["optimizer.lr"], best["model.dropout"]) == ("0.003", "0")  # 1e-5 barely moves in one epoch
+    assert best["best_ckpt"] == metrics[best["job"]]["best_ckpt"] and Path(best["best_ckpt"]).is_file()
+    assert float(best["test/acc"]) == metrics[best["job"]]["test/acc"]
+    assert int(best["epochs"]) == 1 and float(best["wall_time_s"]) > 0
+    output = result.stdout + result.stderr
+    markdown = (sweep_dir / "summary.md").read_text()
+    assert markdown in output  # printed as written
+    assert f"Best: job {best['job']} (optimizer.lr=0.003 model.dropout=0): val/acc" in markdown
+    assert best["best_ckpt"] in markdown
+    assert "Same in every job: `trainer.max_epochs=1" in markdown
+
+
+def test_failed_jobs_are_recorded_the_others_complete_and_the_exit_status_says_so(grid):
+    sweep_dir, result = grid
+    assert result.returncode == 1
+    assert "2 of 4 jobs failed" in result.stderr and "Traceback" not in result.stderr
+    rows = read_csv(sweep_dir / "summary.csv")
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]  # failures last, whatever their order
+    for row in rows[2:]:
+        assert row["model.dropout"] == "1.5" and row["error"] == "model.dropout=1.5 must be in [0, 1)"
+        assert row["val/acc"] == "" and not (sweep_dir / row["job"] / "metrics.json").exists()
+    assert len(job_files(sweep_dir, "metrics.json")) == 2
+    assert "failed: model.dropout=1.5 must be in [0, 1)" in (sweep_dir / "summary.md").read_text()
+
+
+# --- k-fold cross-validation ---------------------------------------------------------------------------------
+
+
+def test_folds_are_disjoint_stratified_seeded_and_cover_the_training_set(data_dir):
+    _, labels = load_split(data_dir, "mnist", train=True)
+    folds = [split_folds(labels, 3, fold, seed=0) for fold in range(3)]
+    vals = [set(val.tolist()) for _, val in folds]
+    assert all(len(v) == 200 for v in vals)
+    assert not (vals[0] & vals[1] or vals[0] & vals[2] or vals[1] & vals[2])
+    assert vals[0] | vals[1] | vals[2] == set(range(600))
+    for train, val in folds:  # each fold validates once and trains on the other two
+        assert set(train.tolist()) == set(range(600)) - set(val.tolist())
+        per_class = torch.bincount(labels[val], minlength=10)
+        assert per_class.max() - per_class.min() <= 1  # 60 images of each class: 20 in every fold
+    assert torch.equal(folds[1][1], split_folds(labels, 3, 1, seed=0)[1])
+    assert not torch.equal(folds[1][1], split_folds(labels, 3, 1, seed=1)[1])
+
+
+def test_datamodule_validates_on_the_chosen_fold_and_tests_on_the_official_test_set(data_dir):
+    dm = MNISTDataModule(data_dir=str(data_dir), num_folds=3, fold=2)
+    dm.setup("fit")
+    images, labels = load_split(data_dir, "mnist", train=True)
+    train_idx, val_idx = split_folds(labels, 3, 2, seed=0)
+    assert torch.equal(dm.val_set[0], dm._normalize(images[val_idx]))
+    assert torch.equal(dm.train_set[1], labels[train_idx])
+    assert torch.equal(dm.test_set[1], load_split(data_dir, "mnist", train=False)[1])
+
+
+@pytest.mark.parametrize(
+    ("num_folds", "fold", "message"),
+    [
+        (3, None, r"data.fold=None must be one of 0..2 with data.num_folds=3"),
+        (3, 3, r"data.fold=3 must be one of 0..2"),
+        (1, 0, r"data.num_folds=1 must be >= 2"),
+        (None, 1, r"data.fold=1 needs data.num_folds"),
+    ],
+)
+def test_fold_settings_are_checked_before_any_work(num_folds, fold, message):
+    with pytest.raises(ConfigError, match=message):
+        MNISTDataModule(num_folds=num_folds, fold=fold)
+
+
+def test_cross_validation_with_the_joblib_launcher_aggregates_folds(data_dir, tmp_path):
+    """3 folds as 3 jobs, 2 at a time in joblib workers, each held to its share of the cores."""
+    result = sweep(
+        tmp_path, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "data.num_folds=3", "data.fold=range(3)",
+        data_dir=data_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = job_files(tmp_path, "job.json")
+    assert len(records) == 3 and all(r["status"] == "ok" for r in records.values())
+    assert {r["threads"] for r in records.values()} == {max(1, available_cores() // 2)}
+    metrics = list(job_files(tmp_path, "metrics.json").values())
+    [row] = read_csv(tmp_path / "summary_folds.csv")
+    assert (row["folds_ok"], row["folds"]) == ("3", "3")
+    for name in ("val/acc", "test/acc", "val/loss"):
+        values = [m[name] for m in metrics]
+        assert float(row[f"{name} mean"]) == pytest.approx(statistics.fmean(values), abs=1e-12)
+        assert float(row[f"{name} std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
+    assert "## Cross-validation" in (tmp_path / "summary.md").read_text()
+
+
+# --- Optuna and submitit --------------------------------------------------------------------------------------
+
+
+def test_optuna_search_runs_its_trials_as_submitit_local_jobs(data_dir, tmp_path):
+    result = sweep(
+        tmp_path, "hparams_search=mlp_optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=submitit_local", "hydra.launcher.cpus_per_task=1", data_dir=data_dir,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = job_files(tmp_path, "job.json")
+    assert len(records) == 2 and {r["threads"] for r in records.values()} == {1}
+    assert list(tmp_path.glob(".submitit/*/*_log.out"))  # the jobs really ran through submitit
+    rows = read_csv(tmp_path / "summary.csv")
+    assert len(rows) == 2 and all(r["status"] == "ok" for r in rows)
+    assert all(r["optimizer.lr"] and r["model.hidden_dims"].startswith("[") for r in rows)  # sampled per trial
+    optuna_best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
+    assert optuna_best["best_value"] == pytest.approx(float(rows[0]["val/acc"]))
+
+
+# --- launcher configs -----------------------------------------------------------------------------------------
+
+
+def compose_hydra(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def test_slurm_launcher_preset_composes():
+    launcher = compose_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]).hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert (launcher.partition, launcher.gpus_per_node, launcher.cpus_per_task) == ("gpu", 1, 4)
+
+
+def test_optuna_search_composes_with_a_seeded_sampler():
+    sweeper = compose_hydra(["hparams_search=mlp_optuna", "seed=3"]).hydra.sweeper
+    assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
+    assert sweeper.sampler.seed == 3
+    assert {"optimizer.lr", "optimizer.weight_decay", "model.dropout", "model.hidden_dims", "data.batch_size"} <= set(sweeper.params)
+
+
+def test_optuna_direction_must_match_the_monitored_metric_before_any_job(caplog):
+    SweepSummary().on_multirun_start(compose_hydra(["hparams_search=mlp_optuna"]))
+    SweepSummary().on_multirun_start(compose_hydra([]))  # the basic sweeper has no direction
+    with pytest.raises(SystemExit):
+        SweepSummary().on_multirun_start(compose_hydra(["hparams_search=mlp_optuna", "hydra.sweeper.direction=minimize"]))
+    assert "hydra.sweeper.direction=minimize but the objective, val/acc, is best at its max" in caplog.text
+
+
+def test_parallel_jobs_get_their_share_of_the_cores():
+    cfg = OmegaConf.create({"num_threads": None})
+    cores = available_cores()
+    assert job_threads(cfg, None) is None  # a single run keeps torch's default
+    assert job_threads(cfg, OmegaConf.create({"n_jobs": 2})) == max(1, cores // 2)
+    assert job_threads(cfg, OmegaConf.create({"n_jobs": -1})) == 1
+    assert job_threads(cfg, OmegaConf.create({"cpus_per_task": 3})) == 3
+    assert job_threads(OmegaConf.create({"num_threads": 5}), OmegaConf.create({"n_jobs": 2})) == 5
