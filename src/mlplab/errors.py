@@ -29,6 +29,15 @@ class DataError(UserError, RuntimeError):
     """Data files missing, truncated or malformed."""
 
 
+def user_error_in(err: BaseException) -> UserError | None:
+    """The UserError behind ``err``, if any: Hydra's ``instantiate`` wraps what a constructor raises."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__
+    return None
+
+
 def reported_as_one_line(task: Callable[..., T]) -> Callable[..., T]:
     """Wrap an entry point so a UserError ends the run with one clear line and exit status 1."""
 
@@ -36,10 +45,11 @@ def reported_as_one_line(task: Callable[..., T]) -> Callable[..., T]:
     def wrapper(*args, **kwargs) -> T:
         try:
             return task(*args, **kwargs)
-        except UserError as err:
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        except Exception as err:
+            user_error = user_error_in(err)
+            if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            log.error("error: %s", err)
+            log.error("error: %s", user_error)
             sys.exit(1)
 
     return wrapper

@@ -40,7 +40,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mlplab.errors import ConfigError, UserError
+from mlplab.errors import ConfigError, user_error_in
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +89,6 @@ def check_direction(sweeper: DictConfig, monitor: str, mode: str) -> None:
             f"hydra.sweeper.direction={direction} but the objective, {monitor}, is best at its {mode} "
             f"(callbacks.model_checkpoint.mode); set hydra.sweeper.direction={expected}"
         )
-
-
-def user_error_in(err: BaseException | None) -> UserError | None:
-    """The UserError behind ``err``, if any (Hydra's instantiate wraps what a constructor raises)."""
-    while err is not None and not isinstance(err, UserError):
-        err = err.__cause__
-    return err
 
 
 def one_line(err: BaseException) -> str:
