@@ -7,11 +7,15 @@ share them, so a figure looks the same wherever a user meets it.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 
+import matplotlib
 import torch
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
+
+CAPTION_WIDTH = 16  # characters per caption line above a grid tile
 
 
 def to_display(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
@@ -47,18 +51,29 @@ def confusion_matrix_figure(matrix: torch.Tensor, class_names: Sequence[str], ti
 
 
 def image_grid_figure(images: torch.Tensor, titles: Sequence[str], columns: int = 8, title: str = "") -> Figure:
-    """Grayscale images ``[N, 1, H, W]`` (or ``[N, H, W]``) in [0, 1], each with its caption above it."""
+    """Grayscale images ``[N, 1, H, W]`` (or ``[N, H, W]``) in [0, 1], each with its caption above it.
+
+    Drawn as one mosaic in one set of axes (captions as text): a grid of subplots costs ~20 ms per image.
+    """
     images = images.detach().float().cpu().reshape(len(images), *images.shape[-2:])
-    count = max(len(images), 1)
+    count, (height, width) = max(len(images), 1), images.shape[-2:]
     columns = min(columns, count)
     rows = -(-count // columns)
-    fig = Figure(figsize=(1.25 * columns, 1.4 * rows + (0.3 if title else 0)), dpi=100, layout="constrained")
-    axes = fig.subplots(rows, columns, squeeze=False)
-    for index, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if index < len(images):
-            ax.imshow(images[index].numpy(), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(titles[index], fontsize=8)
+    titles = [textwrap.fill(text, CAPTION_WIDTH) for text in titles]  # "T-shirt/top -> Pullover" takes two lines
+    lines = max((text.count("\n") + 1 for text in titles), default=1)
+    gap, caption = max(width // 7, 2), lines * max(height // 3, 6)  # pixels between tiles, and above each for its caption
+    cell_h, cell_w = height + caption, width + gap
+    mosaic = torch.full((rows * cell_h, columns * cell_w - gap), float("nan"))  # nan: the page, drawn white
+    fig = Figure(figsize=(1.25 * columns, 1.25 * rows * cell_h / cell_w + (0.3 if title else 0)), dpi=100,
+                 layout="constrained")
+    ax = fig.add_subplot()
+    for index, image in enumerate(images):
+        top, left = (index // columns) * cell_h + caption, (index % columns) * cell_w
+        mosaic[top : top + height, left : left + width] = image
+        ax.text(left + width / 2, top - 1, titles[index], ha="center", va="bottom", fontsize=8)
+    cmap = matplotlib.colormaps["gray"].with_extremes(bad="white")
+    ax.imshow(mosaic.numpy(), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
     if title:
-        fig.suptitle(title, fontsize=10)
+        ax.set_title(title, fontsize=10)
     return fig

@@ -31,6 +31,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # Side of the box the ink is scaled into: MNIST digits fill 20x20 of the 28x28 frame; Fashion-MNIST and
 # KMNIST fill the frame.
 FIT_BOX = {"mnist": 20}
+GRID_LIMIT = 64  # pictures shown in model_inputs.png
 
 
 def find_images(inputs: str | Sequence[str]) -> list[Path]:
@@ -110,7 +111,7 @@ def to_model_input(gray: torch.Tensor, invert: bool | str = "auto", fit: bool = 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     """Top-k classes for each picture in ``cfg.inputs``: printed, and written to ``predictions.csv`` next to
-    ``model_inputs.png`` (the pictures as the network saw them) in ``cfg.output_dir``."""
+    ``model_inputs.png`` (the first pictures as the network saw them) in ``cfg.output_dir``."""
     if cfg.invert not in ("auto", True, False):
         raise ConfigError(f"invert={cfg.invert!r} is not allowed; choose auto, true or false")
     trained = load_trained_from_config(cfg)
@@ -137,8 +138,10 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         writer.writerow(["file"] + [f"{kind}_{k}" for k in range(1, cfg.top_k + 1) for kind in ("class", "probability")])
         for row in rows:
             writer.writerow([row["file"]] + [value for pair in row["top"] for value in pair])
-    titles = [f"{Path(row['file']).name[:14]}: {row['top'][0][0]}" for row in rows]
-    image_grid_figure(pictures, titles, title="as the network saw them").savefig(output_dir / "model_inputs.png")
+    shown = rows[:GRID_LIMIT]
+    titles = [f"{Path(row['file']).name[:14]}: {row['top'][0][0]}" for row in shown]
+    title = "as the network saw them" + (f" (first {GRID_LIMIT} of {len(rows)})" if len(rows) > GRID_LIMIT else "")
+    image_grid_figure(pictures[:GRID_LIMIT], titles, title=title).savefig(output_dir / "model_inputs.png")
     for row in rows:
         log.info("%s  %s", row["file"], "  ".join(f"{name} ({p:.3f})" for name, p in row["top"]))
     log.info("run dir: %s", output_dir)
