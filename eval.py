@@ -1,0 +1,20 @@
+"""Evaluate a checkpoint: `python eval.py ckpt_path=<file> [split=val] [data=<name>]`.
+
+Every setting lives in conf/eval.yaml; the work is mlplab.evaluation.evaluate.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from mlplab.errors import reported_as_one_line
+from mlplab.evaluation import evaluate
+
+
+@hydra.main(config_path="conf", config_name="eval", version_base="1.3")
+@reported_as_one_line
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+"""Classify your own pictures: `python predict.py ckpt_path=<file> inputs=<picture, folder or pattern>`.
+
+Every setting lives in conf/predict.yaml; the work is mlplab.prediction.predict.
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from mlplab.errors import reported_as_one_line
+from mlplab.prediction import predict
+
+
+@hydra.main(config_path="conf", config_name="predict", version_base="1.3")
+@reported_as_one_line
+def main(cfg: DictConfig) -> None:
+    predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
