@@ -129,7 +129,7 @@ def finetune(cfg: DictConfig) -> float:
     trainer = build_trainer(cfg, extra_callbacks=[freezing] if freezing else [])
 
     before = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
-    chance = f" (new head: chance level, about {1 / datamodule.num_classes:.2f})" if reset_head else ""
+    chance = f" (an untrained new head: around chance level, 1/{datamodule.num_classes}, by luck of its draw)" if reset_head else ""
     log.info("pretrained model before fine-tuning: test/acc %.4f%s", before, chance)
     return fit_and_report(
         cfg, trainer, module, datamodule,
