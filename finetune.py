@@ -9,10 +9,12 @@ from omegaconf import DictConfig
 
 from mlplab.errors import reported_as_one_line
 from mlplab.finetune import finetune
+from mlplab.sweeps import recorded_sweep_job
 
 
 @hydra.main(config_path="conf", config_name="finetune", version_base="1.3")
 @reported_as_one_line
+@recorded_sweep_job
 def main(cfg: DictConfig) -> float:
     return finetune(cfg)
 

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.optim import Optimizer
 
+from mlplab.config import validate
 from mlplab.data import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.module import ClassifierModule
@@ -121,12 +122,15 @@ def pretrained_module(
 
 def finetune(cfg: DictConfig) -> float:
     """Fine-tune ``cfg.pretrained`` on ``cfg.data``; returns the best checkpoint's monitored metric (like train)."""
+    validate(cfg)
     pretrained = load_pretrained(cfg.get("pretrained"))
     start_run(cfg)
     datamodule = build_datamodule(cfg)
     module, reset_head = pretrained_module(cfg, datamodule, pretrained)
     freezing = layer_freezing(cfg.finetune, module.net, cfg.trainer.max_epochs)
     trainer = build_trainer(cfg, extra_callbacks=[freezing] if freezing else [])
+    if cfg.compile:
+        module.net.compile(**(cfg.get("compile_options") or {}))  # in place: state_dict keys stay unchanged
 
     before = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
     chance = f" (an untrained new head: around chance level, 1/{datamodule.num_classes}, by luck of its draw)" if reset_head else ""
