@@ -124,6 +124,35 @@ def split_folds(labels: torch.Tensor, num_folds: int, fold: int, seed: int) -> t
     return (fold_of != fold).nonzero().squeeze(1), (fold_of == fold).nonzero().squeeze(1)
 
 
+def class_label_map(classes: Sequence[int] | None, num_labels: int) -> torch.Tensor | None:
+    """``data.classes`` as a lookup table: dataset label -> new label 0..n-1, or -1 for a label left out."""
+    if classes is None:
+        return None
+    classes = list(classes)
+    valid = all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_labels for c in classes)
+    if len(classes) < 2 or len(set(classes)) != len(classes) or not valid:
+        raise ConfigError(f"data.classes={classes} must be at least two distinct labels from 0 to {num_labels - 1}")
+    table = torch.full((num_labels,), -1, dtype=torch.long)
+    table[torch.tensor(classes)] = torch.arange(len(classes))
+    return table
+
+
+def stratified_subset(labels: torch.Tensor, samples_per_class: int | None, fraction: float | None, seed: int) -> torch.Tensor:
+    """Positions of a seeded subset holding ``samples_per_class`` images of every class, or ``fraction`` of each."""
+    generator = torch.Generator().manual_seed(seed)
+    keep = []
+    for label in labels.unique().tolist():
+        positions = (labels == label).nonzero().flatten()
+        count = samples_per_class if samples_per_class is not None else max(1, round(len(positions) * fraction))
+        if count > len(positions):
+            raise ConfigError(
+                f"data.samples_per_class={count} but label {label} has only {len(positions)} training images "
+                "(after the validation split); use fewer, or a smaller data.val_size"
+            )
+        keep.append(positions[torch.randperm(len(positions), generator=generator)[:count]])
+    return torch.cat(keep).sort().values
+
+
 class TensorLoader:
     """Batches gathered by index from tensors already on the training device.
 
@@ -182,6 +211,9 @@ class MNISTDataModule(L.LightningDataModule):
         augment: dict | None = None,
         num_folds: int | None = None,
         fold: int | None = None,
+        classes: Sequence[int] | None = None,
+        samples_per_class: int | None = None,
+        train_fraction: float | None = None,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -189,8 +221,15 @@ class MNISTDataModule(L.LightningDataModule):
         if loader not in LOADERS:
             raise ConfigError(f"data.loader={loader!r} is not known; choose one of {', '.join(LOADERS)}")
         check_folds(num_folds, fold)
+        if samples_per_class is not None and train_fraction is not None:
+            raise ConfigError("give data.samples_per_class or data.train_fraction, not both")
+        if samples_per_class is not None and (not isinstance(samples_per_class, int) or samples_per_class < 1):
+            raise ConfigError(f"data.samples_per_class={samples_per_class} must be a whole number >= 1 (images per class)")
+        if train_fraction is not None and not 0 < train_fraction <= 1:
+            raise ConfigError(f"data.train_fraction={train_fraction} must be in (0, 1]")
         self.save_hyperparameters()
         self.info = DATASETS[dataset]
+        self.label_map = class_label_map(classes, len(self.info.class_names))  # None: every label, unchanged
         self.augment = BatchAffine(**augment) if augment and augment.get("enabled", True) else None
         self.train_set = self.val_set = self.test_set = None
 
@@ -200,7 +239,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        return len(self.info.class_names)
+        return len(self.info.class_names) if self.label_map is None else len(self.hparams.classes)
 
     def prepare_data(self) -> None:
         """Download once (rank 0) when files are missing; fail with one clear line when that is impossible."""
@@ -225,26 +264,47 @@ class MNISTDataModule(L.LightningDataModule):
             train_idx, val_idx = split_train_val(len(labels), self.hparams.val_size, self.hparams.split_seed)
         else:
             train_idx, val_idx = split_folds(labels, self.hparams.num_folds, self.hparams.fold, self.hparams.split_seed)
+        train_idx, val_idx, test_idx = self._select(labels, test_labels, train_idx, val_idx)
         if self.hparams.loader == "torchvision":
-            self._setup_torchvision(train_idx, val_idx)
+            self._setup_torchvision(train_idx, val_idx, test_idx)
             return
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         normalized = self._normalize(images).to(device)
-        labels = labels.to(device)
+        labels = self._relabel(labels).to(device)
         self.train_set = (normalized[train_idx.to(device)], labels[train_idx.to(device)])
         self.val_set = (normalized[val_idx.to(device)], labels[val_idx.to(device)])
-        self.test_set = (self._normalize(test_images).to(device), test_labels.to(device))
+        test_idx = test_idx.to(device)
+        self.test_set = (self._normalize(test_images).to(device)[test_idx], self._relabel(test_labels).to(device)[test_idx])
+
+    def _select(
+        self, labels: torch.Tensor, test_labels: torch.Tensor, train_idx: torch.Tensor, val_idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Train, val and test indices left by ``data.classes`` (all splits) and by ``data.samples_per_class`` or
+        ``data.train_fraction`` (training split only, after validation is carved). Defaults keep everything."""
+        test_idx = torch.arange(len(test_labels))
+        if self.label_map is not None:
+            wanted = lambda idx, split_labels: idx[self.label_map[split_labels[idx]] >= 0]  # noqa: E731
+            train_idx, val_idx, test_idx = wanted(train_idx, labels), wanted(val_idx, labels), wanted(test_idx, test_labels)
+        per_class, fraction = self.hparams.samples_per_class, self.hparams.train_fraction
+        if per_class is not None or fraction is not None:
+            train_idx = train_idx[stratified_subset(labels[train_idx], per_class, fraction, self.hparams.split_seed)]
+        return train_idx, val_idx, test_idx
+
+    def _relabel(self, labels: torch.Tensor) -> torch.Tensor:
+        return labels if self.label_map is None else self.label_map[labels]
 
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return ((images.float() / 255 - self.info.mean) / self.info.std).unsqueeze(1)
 
-    def _setup_torchvision(self, train_idx: torch.Tensor, val_idx: torch.Tensor) -> None:
+    def _setup_torchvision(self, train_idx: torch.Tensor, val_idx: torch.Tensor, test_idx: torch.Tensor) -> None:
         to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((self.info.mean,), (self.info.std,))])
+        relabel = None if self.label_map is None else self.label_map.tolist().__getitem__
         cls, root = self.info.torchvision_class, self.hparams.data_dir
-        train_full = cls(root, train=True, download=False, transform=to_tensor)
+        train_full = cls(root, train=True, download=False, transform=to_tensor, target_transform=relabel)
         self.train_set = Subset(train_full, train_idx.tolist())
         self.val_set = Subset(train_full, val_idx.tolist())
-        self.test_set = cls(root, train=False, download=False, transform=to_tensor)
+        test_full = cls(root, train=False, download=False, transform=to_tensor, target_transform=relabel)
+        self.test_set = Subset(test_full, test_idx.tolist())
 
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:

@@ -33,8 +33,11 @@ class ClassifierModule(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
         l1: float = 0.0,
         label_smoothing: float = 0.0,
+        backbone_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if not backbone_lr_scale > 0:
+            raise ConfigError(f"finetune.backbone_lr_scale={backbone_lr_scale} must be > 0 (finetune.freeze stops layers)")
         if l1 < 0:
             raise ConfigError(f"regularization.l1={l1} must be >= 0")
         if not 0 <= label_smoothing < 1:
@@ -90,16 +93,31 @@ class ClassifierModule(L.LightningModule):
         acc_metric.update(logits, y)
         return logits
 
+    def param_groups(self) -> list[dict[str, Any]]:
+        """One group at the optimizer's LR; with ``backbone_lr_scale != 1`` the network's ``backbone`` (pretrained
+        layers) gets a group of its own at that fraction of it, and the rest (the head) keeps the full LR."""
+        scale = self.hparams.backbone_lr_scale
+        if scale == 1:
+            return [{"params": list(self.parameters()), "lr_scale": 1.0}]
+        backbone = list(self.net.backbone.parameters())
+        in_backbone = {id(p) for p in backbone}
+        rest = [p for p in self.parameters() if id(p) not in in_backbone]
+        return [{"params": rest, "lr_scale": 1.0, "name": "head"}, {"params": backbone, "lr_scale": scale, "name": "backbone"}]
+
     def configure_optimizers(self) -> Any:
-        optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
+        optimizer = instantiate(self.hparams.optimizer, _partial_=True)(self.param_groups())
+        for group in optimizer.param_groups:
+            group["lr"] *= group["lr_scale"]
         if not self.hparams.scheduler:
             return optimizer
         lightning_config = dict(self.hparams.scheduler)  # interval, frequency, monitor: Lightning's keys
         scheduler_args = dict(lightning_config.pop("scheduler"))
+        if isinstance(scheduler_args.get("max_lr"), (int, float)):  # one-cycle and cyclic schedules set each group's LR
+            scheduler_args["max_lr"] = [scheduler_args["max_lr"] * group["lr_scale"] for group in optimizer.param_groups]
         per_step = lightning_config.get("interval", "epoch") == "step"
         run_length = self.trainer.estimated_stepping_batches if per_step else self.trainer.max_epochs
         self._run_length_keys = {key: int(run_length) for key in RUN_LENGTH_KEYS if key in scheduler_args and scheduler_args[key] is None}
-        scheduler = instantiate(scheduler_args | self._run_length_keys, optimizer=optimizer)
+        scheduler = instantiate(scheduler_args | self._run_length_keys, optimizer=optimizer, _convert_="all")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **lightning_config}}
 
     def on_train_start(self) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,17 @@ def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
     return instantiate(cfg.data, _convert_="all")
 
 
-def build_module(cfg: DictConfig, datamodule: MNISTDataModule) -> ClassifierModule:
-    """The LightningModule for this config, with the network's input and output sizes taken from the data."""
+def build_module(
+    cfg: DictConfig, datamodule: MNISTDataModule, net: dict[str, Any] | None = None, backbone_lr_scale: float = 1.0
+) -> ClassifierModule:
+    """The LightningModule for this config, with the network's input and output sizes taken from the data.
+
+    ``net`` replaces ``cfg.model`` (fine-tuning rebuilds the pretrained network from its checkpoint).
+    """
     in_features = 1
     for size in datamodule.input_shape:
         in_features *= size
-    net = OmegaConf.to_container(cfg.model, resolve=True) | {
+    net = (net or OmegaConf.to_container(cfg.model, resolve=True)) | {
         "in_features": in_features,
         "num_classes": datamodule.num_classes,
     }
@@ -44,6 +50,7 @@ def build_module(cfg: DictConfig, datamodule: MNISTDataModule) -> ClassifierModu
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
         l1=cfg.regularization.l1,
         label_smoothing=cfg.regularization.label_smoothing,
+        backbone_lr_scale=backbone_lr_scale,
     )
 
 
@@ -59,8 +66,8 @@ def fastest_precision(accelerator: str = "auto") -> str:
     return "bf16-mixed" if native_bf16 else "32-true"
 
 
-def build_trainer(cfg: DictConfig) -> L.Trainer:
-    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + list(extra_callbacks)
     loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
     precision = cfg.trainer.get("precision")
     if precision == "auto":
@@ -72,11 +79,16 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     return trainer
 
 
-def build(cfg: DictConfig) -> tuple[MNISTDataModule, ClassifierModule, L.Trainer]:
-    """Everything a run needs, seeded and (with ``compile=true``) compiled, not yet fitted."""
+def start_run(cfg: DictConfig) -> None:
+    """Process-wide settings every run starts with: matmul precision, and the seed of weights, dropout and batches."""
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def build(cfg: DictConfig) -> tuple[MNISTDataModule, ClassifierModule, L.Trainer]:
+    """Everything a run needs, seeded and (with ``compile=true``) compiled, not yet fitted."""
+    start_run(cfg)
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
@@ -91,9 +103,20 @@ def train(cfg: DictConfig) -> float:
     Returns the monitored metric of the best checkpoint so a Hydra sweeper can optimize it.
     """
     validate(cfg)
-    output_dir = Path(cfg.output_dir)
     datamodule, module, trainer = build(cfg)
+    return fit_and_report(cfg, trainer, module, datamodule)
 
+
+def fit_and_report(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    module: ClassifierModule,
+    datamodule: MNISTDataModule,
+    extra_metrics: dict[str, Any] | None = None,
+) -> float:
+    """The end every entry point shares: fit, validate and test the best checkpoint, write metrics.json
+    (with ``extra_metrics`` appended) and log where the run went. Returns the best checkpoint's monitored metric."""
+    output_dir = Path(cfg.output_dir)
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     train_time = time.perf_counter() - start
@@ -111,7 +134,7 @@ def train(cfg: DictConfig) -> float:
         "best_ckpt": best,
         "epochs": trainer.current_epoch,
         "train_time_s": round(train_time, 3),
-    }
+    } | (extra_metrics or {})
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
