@@ -42,13 +42,13 @@ def job_files(sweep_dir: Path, name: str) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob(f"*/{name}")}
 
 
-# --- a 2x2 grid in which one dropout value is invalid: two jobs fail, the sweep goes on -----------------------
+# --- a 2x2 grid in which one L1 value is a typo (1e4 for 1e-4): its jobs diverge and fail, the sweep goes on ---
 
 
 @pytest.fixture(scope="module")
 def grid(data_dir, tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("grid")
-    result = sweep(sweep_dir, "optimizer.lr=0.00001,0.003", "model.dropout=0,1.5", data_dir=data_dir)
+    result = sweep(sweep_dir, "optimizer.lr=0.00001,0.003", "regularization.l1=0,1e4", data_dir=data_dir)
     return sweep_dir, result
 
 
@@ -56,21 +56,21 @@ def test_grid_ends_with_a_table_of_every_job_best_first(grid):
     sweep_dir, result = grid
     rows = read_csv(sweep_dir / "summary.csv")
     assert len(rows) == 4
-    assert {(r["optimizer.lr"], r["model.dropout"]) for r in rows} == {
-        ("1e-05", "0"), ("1e-05", "1.5"), ("0.003", "0"), ("0.003", "1.5")  # as Hydra writes them
+    assert {(r["optimizer.lr"], r["regularization.l1"]) for r in rows} == {
+        ("1e-05", "0"), ("1e-05", "10000.0"), ("0.003", "0"), ("0.003", "10000.0")  # as Hydra writes them
     }
     ok = [r for r in rows if r["status"] == "ok"]
     metrics = job_files(sweep_dir, "metrics.json")
     assert [float(r["val/acc"]) for r in ok] == sorted((m["val/acc"] for m in metrics.values()), reverse=True)
     best = ok[0]
-    assert (best["optimizer.lr"], best["model.dropout"]) == ("0.003", "0")  # 1e-5 barely moves in one epoch
+    assert (best["optimizer.lr"], best["regularization.l1"]) == ("0.003", "0")  # 1e-5 barely moves in one epoch
     assert best["best_ckpt"] == metrics[best["job"]]["best_ckpt"] and Path(best["best_ckpt"]).is_file()
     assert float(best["test/acc"]) == metrics[best["job"]]["test/acc"]
     assert int(best["epochs"]) == 1 and float(best["wall_time_s"]) > 0
     output = result.stdout + result.stderr
     markdown = (sweep_dir / "summary.md").read_text()
     assert markdown in output  # printed as written
-    assert f"Best: job {best['job']} (optimizer.lr=0.003 model.dropout=0): val/acc" in markdown
+    assert f"Best: job {best['job']} (optimizer.lr=0.003 regularization.l1=0): val/acc" in markdown
     assert best["best_ckpt"] in markdown
     assert "Same in every job: `trainer.max_epochs=1" in markdown
 
@@ -82,10 +82,10 @@ def test_failed_jobs_are_recorded_the_others_complete_and_the_exit_status_says_s
     rows = read_csv(sweep_dir / "summary.csv")
     assert [r["status"] for r in rows] == ["ok", "ok", "failed", "failed"]  # failures last, whatever their order
     for row in rows[2:]:
-        assert row["model.dropout"] == "1.5" and row["error"] == "model.dropout=1.5 must be in [0, 1)"
+        assert row["regularization.l1"] == "10000.0" and row["error"].startswith("training diverged: the loss was")
         assert row["val/acc"] == "" and not (sweep_dir / row["job"] / "metrics.json").exists()
     assert len(job_files(sweep_dir, "metrics.json")) == 2
-    assert "failed: model.dropout=1.5 must be in [0, 1)" in (sweep_dir / "summary.md").read_text()
+    assert "failed: training diverged" in (sweep_dir / "summary.md").read_text()
 
 
 # --- k-fold cross-validation ---------------------------------------------------------------------------------
