@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlplab.data import DATASETS, DatasetInfo
+from mlplab.data import DATASETS, DatasetInfo, class_names
 from mlplab.errors import UserError
 from mlplab.module import ClassifierModule
 
@@ -27,6 +27,10 @@ class TrainedClassifier:
     @property
     def dataset(self) -> str:
         return self.data_hparams["dataset"]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return class_names(self.dataset, self.data_hparams.get("classes"))
 
     @property
     def info(self) -> DatasetInfo:

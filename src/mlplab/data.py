@@ -124,6 +124,12 @@ def split_folds(labels: torch.Tensor, num_folds: int, fold: int, seed: int) -> t
     return (fold_of != fold).nonzero().squeeze(1), (fold_of == fold).nonzero().squeeze(1)
 
 
+def class_names(dataset: str, classes: Sequence[int] | None = None) -> tuple[str, ...]:
+    """Names of the labels a model predicts, in label order: with ``data.classes``, the kept ones remapped to 0..n-1."""
+    names = DATASETS[dataset].class_names
+    return names if classes is None else tuple(names[c] for c in classes)
+
+
 def class_label_map(classes: Sequence[int] | None, num_labels: int) -> torch.Tensor | None:
     """``data.classes`` as a lookup table: dataset label -> new label 0..n-1, or -1 for a label left out."""
     if classes is None:
@@ -238,8 +244,12 @@ class MNISTDataModule(L.LightningDataModule):
         return self.info.image_shape
 
     @property
+    def class_names(self) -> tuple[str, ...]:
+        return class_names(self.hparams.dataset, self.hparams.classes)
+
+    @property
     def num_classes(self) -> int:
-        return len(self.info.class_names) if self.label_map is None else len(self.hparams.classes)
+        return len(self.class_names)
 
     def prepare_data(self) -> None:
         """Download once (rank 0) when files are missing; fail with one clear line when that is impossible."""

@@ -151,7 +151,7 @@ class ErrorAnalysis(L.Callback):
         info = trainer.datamodule.info
         images, true, predicted, confidence = self._mistakes
         report = ClassificationReport(
-            self._split, info.class_names, scores["confusion"], scores["precision"], scores["recall"], scores["f1"],
+            self._split, trainer.datamodule.class_names, scores["confusion"], scores["precision"], scores["recall"], scores["f1"],
             to_display(images, info.mean, info.std), true, predicted, confidence,
         )
         self.reports[self._split] = report

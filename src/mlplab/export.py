@@ -52,7 +52,7 @@ def metadata(trained: TrainedClassifier) -> dict[str, Any]:
     info = trained.info
     return {
         "dataset": trained.dataset,
-        "class_names": list(info.class_names),
+        "class_names": list(trained.class_names),
         "input": f"float32 [N, {', '.join(map(str, info.image_shape))}] in [0, 1], light ink on dark",
         "output": "logits [N, classes]",
         "mean": info.mean,

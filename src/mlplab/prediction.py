@@ -118,8 +118,9 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     if OmegaConf.is_missing(cfg, "inputs"):
         raise UserError("inputs=<picture, folder or pattern> is required, e.g. inputs=my_digit.png or inputs=pictures/")
     info, size = trained.info, trained.info.image_shape[-1]
-    if not 1 <= cfg.top_k <= len(info.class_names):
-        raise ConfigError(f"top_k={cfg.top_k} must be between 1 and {len(info.class_names)} (the number of classes)")
+    names = trained.class_names
+    if not 1 <= cfg.top_k <= len(names):
+        raise ConfigError(f"top_k={cfg.top_k} must be between 1 and {len(names)} (the number of classes)")
     paths = find_images(cfg.inputs)
     box = cfg.get("box") or FIT_BOX.get(trained.dataset, size)
     pictures = torch.stack([to_model_input(read_grayscale(p), cfg.invert, cfg.fit, box, size) for p in paths])
@@ -127,7 +128,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         probabilities = trained.module(((pictures - info.mean) / info.std).unsqueeze(1)).softmax(1)
     top = probabilities.topk(cfg.top_k, dim=1)
     rows = [
-        {"file": str(path), "top": [(info.class_names[i], round(p, 4)) for i, p in zip(indices, probs)]}
+        {"file": str(path), "top": [(names[i], round(p, 4)) for i, p in zip(indices, probs)]}
         for path, indices, probs in zip(paths, top.indices.tolist(), top.values.tolist())
     ]
 

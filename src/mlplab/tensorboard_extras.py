@@ -97,7 +97,7 @@ class TrainingSamples(L.Callback):
         self._done = True
         images, labels = batch[0][: self.count], batch[1][: self.count].tolist()
         info = trainer.datamodule.info
-        titles = [info.class_names[label] for label in labels]
+        titles = [trainer.datamodule.class_names[label] for label in labels]
         for writer in writers:
             figure = image_grid_figure(to_display(images, info.mean, info.std), titles, title="as the network sees them")
             writer.add_figure("train/samples", figure, global_step=trainer.global_step)
