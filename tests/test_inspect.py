@@ -21,7 +21,7 @@ from omegaconf import DictConfig, open_dict
 from PIL import Image
 
 from conftest import CONF_DIR, compose_train, run_script
-from mlplab.checkpoint import load_trained
+from mlplab.trained import load_trained
 from mlplab.data import load_split
 from mlplab.errors import DataError, UserError
 from mlplab.evaluation import evaluate

@@ -29,7 +29,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from mlplab.checkpoint import TrainedClassifier, load_trained_from_config
+from mlplab.trained import TrainedClassifier, load_trained_from_config
 from mlplab.data import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.figures import confusion_matrix_figure, image_grid_figure, to_display

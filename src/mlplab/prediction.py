@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from PIL import Image, UnidentifiedImageError
 
-from mlplab.checkpoint import load_trained_from_config
+from mlplab.trained import load_trained_from_config
 from mlplab.errors import ConfigError, DataError, UserError
 from mlplab.figures import image_grid_figure
 

@@ -44,7 +44,7 @@ def load_pretrained(path: str | Path | None) -> PretrainedNet:
     if path is None:
         raise ConfigError("pretrained is required: pretrained=<run dir>/checkpoints/last.ckpt (from train.py)")
     path = Path(path)
-    contents = read_weights_only(path)
+    contents = read_weights_only(path, key="pretrained")
     if isinstance(contents, dict) and "state_dict" in contents:
         net = (contents.get("hyper_parameters") or {}).get("net")
         if not isinstance(net, dict):
@@ -63,23 +63,25 @@ def load_pretrained(path: str | Path | None) -> PretrainedNet:
     return PretrainedNet(path, dict(net), weights)
 
 
-def read_weights_only(path: Path) -> Any:
+def read_weights_only(path: Path, key: str) -> Any:
+    """``torch.load(path, weights_only=True)``, every failure told as one line naming the config ``key``."""
     if not path.is_file():
-        raise UserError(f"pretrained={path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}")
+        raise UserError(f"{key}={path}: {'is a folder, not a file' if path.is_dir() else 'no such file'}; pass a "
+                        "checkpoint written by train.py, e.g. logs/train/runs/<run>/checkpoints/last.ckpt")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch's reasons are long and many; the user needs to know which case it is
         with path.open("rb") as file:
             is_zip = file.read(len(ZIP_MAGIC)) == ZIP_MAGIC
         if not is_zip:
-            raise UserError(f"pretrained={path} is not a PyTorch checkpoint (expected a .ckpt written by train.py or "
+            raise UserError(f"{key}={path} is not a PyTorch checkpoint (expected a .ckpt written by train.py or "
                             "a file written by torch.save)") from err
         if "Unsupported global" in str(err):
-            raise UserError(f"pretrained={path} holds Python objects besides tensors and plain values (a whole model "
+            raise UserError(f"{key}={path} holds Python objects besides tensors and plain values (a whole model "
                             "saved with torch.save(model)?); files must load with torch.load(weights_only=True), as "
                             "train.py's checkpoints and state dicts do") from err
         reason = str(err).strip().splitlines()[0].split(". ")[0]
-        raise UserError(f"pretrained={path} is a damaged checkpoint (truncated or corrupted: {reason})") from err
+        raise UserError(f"{key}={path} is a damaged checkpoint (truncated or corrupted: {reason})") from err
 
 
 def is_state_dict(contents: Any) -> bool:

@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mlplab.data import DATASETS, DatasetInfo, class_names
 from mlplab.errors import UserError
 from mlplab.module import ClassifierModule
+from mlplab.pretrained import read_weights_only
 
 
 @dataclass(frozen=True)
@@ -40,13 +40,7 @@ class TrainedClassifier:
 def load_trained(ckpt_path: str | Path) -> TrainedClassifier:
     """Load a checkpoint written by ``train.py`` with ``weights_only=True``; one clear line when it is not one."""
     path = Path(str(ckpt_path))
-    if not path.is_file():
-        raise UserError(f"ckpt_path={ckpt_path}: no such file; pass a checkpoint written by train.py, "
-                        "e.g. logs/train/runs/<run>/checkpoints/last.ckpt")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # not a torch file, truncated, or holding pickled objects
-        raise UserError(f"ckpt_path={ckpt_path} is not a readable checkpoint ({type(err).__name__})") from err
+    raw = read_weights_only(path, key="ckpt_path")
     hparams = raw.get("hyper_parameters", {}) if isinstance(raw, dict) else {}
     data = raw.get("datamodule_hyper_parameters", {}) if isinstance(raw, dict) else {}
     if "net" not in hparams or data.get("dataset") not in DATASETS:
