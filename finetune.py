@@ -4,9 +4,13 @@
 Every setting lives in conf/ (start at conf/finetune.yaml); the pipeline is mlplab.finetune.finetune.
 """
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
+from mlplab.config import refuse_unknown_group_options
 from mlplab.errors import reported_as_one_line
 from mlplab.finetune import finetune
 from mlplab.sweeps import recorded_sweep_job
@@ -20,4 +24,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    refuse_unknown_group_options(Path(__file__).parent / "conf", sys.argv[1:])  # one line, before Hydra starts
     main()

@@ -3,9 +3,13 @@
 Every setting lives in conf/ (start at conf/train.yaml); the pipeline is mlplab.pipeline.train.
 """
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
+from mlplab.config import refuse_unknown_group_options
 from mlplab.errors import reported_as_one_line
 from mlplab.pipeline import train
 from mlplab.sweeps import recorded_sweep_job
@@ -19,4 +23,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    refuse_unknown_group_options(Path(__file__).parent / "conf", sys.argv[1:])  # one line, before Hydra starts
     main()

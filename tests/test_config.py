@@ -8,6 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import CONF_DIR, compose_train
+from mlplab.config import refuse_unknown_group_options
 from mlplab.pipeline import build_datamodule, build_module, build_trainer
 
 
@@ -104,3 +105,23 @@ def test_tutorial_experiment_is_the_original_recipe():
 def test_auto_precision_resolves_to_a_lightning_precision(tmp_path):
     trainer = build_trainer(compose_train(["trainer.accelerator=cpu", "logger=csv"], tmp_path))
     assert type(trainer.precision_plugin).__name__ in ("MixedPrecision", "Precision")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("optimizer=adamx", "optimizer=adamx is not an option; choose one of adam, adamw, sgd"),
+        ("scheduler=none,cosinus", "scheduler=cosinus is not an option; choose one of cosine, none, onecycle, plateau, step"),
+        ("+experiment=tutorialx", "experiment=tutorialx is not an option; choose one of tutorial"),
+    ],
+)
+def test_unknown_group_option_is_one_line_before_hydra_starts(override, message, caplog):
+    with pytest.raises(SystemExit) as stopped:
+        refuse_unknown_group_options(CONF_DIR, ["trainer.max_epochs=1", override])
+    assert stopped.value.code == 1
+    assert [r.getMessage() for r in caplog.records] == [f"error: {message}"]
+
+
+def test_known_group_options_and_plugin_groups_pass(caplog):
+    refuse_unknown_group_options(CONF_DIR, ["optimizer=sgd", "data=kmnist,mnist", "hydra/launcher=joblib", "-m"])
+    assert not caplog.records

@@ -12,8 +12,9 @@ job starts. ``mlplab.pipeline.train`` calls :func:`validate` again first thing, 
 (swept groups, keys that depend on each other) and in-process callers. It costs a header read of one data file.
 
 Every problem found is reported, on one line: ``key=value must be <what is allowed>``.
-Unknown group options (``optimizer=adamx``) and unknown keys are refused by Hydra itself, which lists the
-valid options.
+Unknown group options (``optimizer=adamx``) fail inside Hydra's composition, which reports them in a dozen
+lines; :func:`refuse_unknown_group_options` reads the command line first and says it in one. Unknown keys
+(``optimizer.lrr=1``) are refused by Hydra itself.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_INT, _
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mlplab.data import DATASETS, LOADERS, raw_folder
-from mlplab.errors import ConfigError, reported_as_one_line
+from mlplab.errors import ConfigError, exit_with, reported_as_one_line
 from mlplab.idx import read_header
 from mlplab.models import ACTIVATIONS
 
@@ -191,3 +192,26 @@ class ValidateBeforeRun(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         reported_as_one_line(validate_sweep)(config)
 
+
+def refuse_unknown_group_options(config_dir: str | Path, overrides: Sequence[str]) -> None:
+    """``group=option`` overrides naming no ``conf/<group>/<option>.yaml``: one line listing the valid options, exit 1.
+
+    Called by the entry points before ``hydra.main`` composes anything. Groups that live outside ``conf/``
+    (``hydra/launcher=joblib`` comes from a plugin) are left to Hydra.
+    """
+    parser = OverridesParser.create()
+    for text in overrides:
+        if text.startswith("-") or "=" not in text:
+            continue
+        try:
+            override = parser.parse_override(text)
+        except Exception:  # a syntax error: Hydra says where
+            continue
+        group = Path(config_dir) / override.key_or_group
+        if override.key_or_group.startswith("hydra") or override.is_delete() or not group.is_dir():
+            continue
+        options = sorted(p.stem for p in group.glob("*.yaml"))
+        chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for option in chosen:
+            if option is not None and str(option) not in options:
+                exit_with(ConfigError(f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"))

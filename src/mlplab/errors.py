@@ -11,7 +11,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 log = logging.getLogger("mlplab")
 T = TypeVar("T")
@@ -49,7 +49,14 @@ def reported_as_one_line(task: Callable[..., T]) -> Callable[..., T]:
             user_error = user_error_in(err)
             if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
                 raise
-            log.error("error: %s", user_error)
-            sys.exit(1)
+            exit_with(user_error)
 
     return wrapper
+
+
+def exit_with(error: UserError) -> NoReturn:
+    """Print ``error: <message>`` (one line) and exit with status 1; ``HYDRA_FULL_ERROR=1`` raises it instead."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    log.error("error: %s", error)
+    sys.exit(1)
