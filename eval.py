@@ -3,9 +3,13 @@
 Every setting lives in conf/eval.yaml; the work is mlplab.evaluation.evaluate.
 """
 
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
+from mlplab.config import refuse_unknown_group_options
 from mlplab.errors import reported_as_one_line
 from mlplab.evaluation import evaluate
 
@@ -17,4 +21,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_unknown_group_options(Path(__file__).parent / "conf", sys.argv[1:])  # one line, before Hydra starts
     main()
