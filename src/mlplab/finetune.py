@@ -10,7 +10,6 @@ pretrained model's test accuracy on the new data before fine-tuning, so the gain
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 import lightning as L
@@ -23,7 +22,7 @@ from mlplab.config import validate
 from mlplab.data import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.module import ClassifierModule
-from mlplab.pipeline import build_datamodule, build_module, build_trainer, fit_and_report, start_run
+from mlplab.pipeline import build_datamodule, build_module, build_trainer, compile_network, fit_and_report, start_run
 from mlplab.pretrained import PretrainedNet, load_pretrained
 
 log = logging.getLogger(__name__)
@@ -106,7 +105,7 @@ def pretrained_module(
 ) -> tuple[ClassifierModule, bool]:
     """The ClassifierModule of the pretrained network, fitted to the data's classes. Returns it and whether
     its head is new (randomly initialized) rather than pretrained."""
-    in_features = math.prod(datamodule.input_shape)
+    in_features = datamodule.in_features
     if pretrained.in_features != in_features:
         shape = "x".join(map(str, datamodule.input_shape))
         raise ConfigError(f"pretrained={pretrained.path} takes {pretrained.in_features} input values per image, but "
@@ -129,8 +128,7 @@ def finetune(cfg: DictConfig) -> float:
     module, reset_head = pretrained_module(cfg, datamodule, pretrained)
     freezing = layer_freezing(cfg.finetune, module.net, cfg.trainer.max_epochs)
     trainer = build_trainer(cfg, extra_callbacks=[freezing] if freezing else [])
-    if cfg.compile:
-        module.net.compile(**(cfg.get("compile_options") or {}))  # in place: state_dict keys stay unchanged
+    compile_network(cfg, module)
 
     before = trainer.test(module, datamodule=datamodule, verbose=False)[0]["test/acc"]
     chance = f" (an untrained new head: around chance level, 1/{datamodule.num_classes}, by luck of its draw)" if reset_head else ""

@@ -37,11 +37,8 @@ def build_module(
 
     ``net`` replaces ``cfg.model`` (fine-tuning rebuilds the pretrained network from its checkpoint).
     """
-    in_features = 1
-    for size in datamodule.input_shape:
-        in_features *= size
     net = (net or OmegaConf.to_container(cfg.model, resolve=True)) | {
-        "in_features": in_features,
+        "in_features": datamodule.in_features,
         "num_classes": datamodule.num_classes,
     }
     return ClassifierModule(
@@ -92,9 +89,14 @@ def build(cfg: DictConfig) -> tuple[MNISTDataModule, ClassifierModule, L.Trainer
     datamodule = build_datamodule(cfg)
     module = build_module(cfg, datamodule)
     trainer = build_trainer(cfg)
-    if cfg.compile:
-        module.net.compile(**(cfg.get("compile_options") or {}))  # in place: state_dict keys stay unchanged
+    compile_network(cfg, module)
     return datamodule, module, trainer
+
+
+def compile_network(cfg: DictConfig, module: ClassifierModule) -> None:
+    """``compile=true``: torch.compile the network in place, so state_dict keys (and checkpoints) stay unchanged."""
+    if cfg.compile:
+        module.net.compile(**(cfg.get("compile_options") or {}))
 
 
 def train(cfg: DictConfig) -> float:
