@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlplab.data import MNISTDataModule, TensorLoader, load_split
+from mlplab.data import MNISTDataModule, TensorLoader, load_split, sampler_order
 from mlplab.errors import DataError
 from torch.utils.data import DistributedSampler
 
@@ -100,6 +100,16 @@ def test_ddp_shards_are_disjoint_and_cover_the_training_set():
     assert len(shards[0]) == len(shards[1]) == 500  # equal batch counts: no rank waits on another
     assert not set(shards[0].tolist()) & set(shards[1].tolist())
     assert set(shards[0].tolist()) | set(shards[1].tolist()) == set(range(1000))
+
+
+@pytest.mark.parametrize("size, world, shuffle, drop_last", [(1000, 1, True, False), (1001, 4, True, False),
+                                                           (1001, 4, True, True), (10, 3, False, False), (3, 8, True, False)])
+def test_tensor_order_is_exactly_the_distributed_samplers(size, world, shuffle, drop_last):
+    ids = torch.arange(size)
+    for rank in range(world):
+        sampler = DistributedSampler(ids, world, rank, shuffle=shuffle, seed=5, drop_last=drop_last)
+        sampler.set_epoch(2)
+        assert sampler_order(sampler).tolist() == list(sampler)
 
 
 def test_eval_loader_keeps_order_and_covers_everything():

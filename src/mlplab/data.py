@@ -159,6 +159,19 @@ def stratified_subset(labels: torch.Tensor, samples_per_class: int | None, fract
     return torch.cat(keep).sort().values
 
 
+def sampler_order(sampler: DistributedSampler) -> torch.Tensor:
+    """``list(sampler)`` as one tensor: the same permutation, padding and shard, without a Python int per sample
+    (building that list cost ~0.1 s an epoch on MNIST, a few per cent of a CPU epoch)."""
+    size = len(sampler.dataset)
+    if sampler.shuffle:
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch))
+    else:
+        order = torch.arange(size)
+    # drop_last truncates to total_size; otherwise the order repeats from its start until total_size
+    order = order.repeat(math.ceil(sampler.total_size / size))[: sampler.total_size]
+    return order[sampler.rank : sampler.total_size : sampler.num_replicas]
+
+
 class TensorLoader:
     """Batches gathered by index from tensors already on the training device.
 
@@ -190,8 +203,7 @@ class TensorLoader:
             for start in range(0, len(self.labels), self.batch_size):
                 yield self.images[start : start + self.batch_size], self.labels[start : start + self.batch_size]
             return
-        order = torch.tensor(list(self.sampler), device=self.labels.device)
-        for idx in order.split(self.batch_size):
+        for idx in sampler_order(self.sampler).to(self.labels.device).split(self.batch_size):
             yield self.images[idx], self.labels[idx]
 
 
