@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import compose_train
+from conftest import compose_train, run_script
 from mlplab.augment import BatchAffine
 from mlplab.data import MNISTDataModule
 from mlplab.pipeline import build_datamodule, build_module, build_trainer
@@ -73,3 +73,22 @@ def test_tensor_and_torchvision_paths_reach_the_same_accuracy(data_dir, tmp_path
     # Same data, model and number of steps; only the batch order's randomness differs (200 test images:
     # one standard error of an accuracy near 0.75 is 0.03).
     assert abs(fast - classic) <= 0.08
+
+
+def test_speed_benchmark_times_every_path_in_turns_and_prints_the_ratios(data_dir, tmp_path):
+    result = run_script(
+        "bench/speed.py", "--epochs=2", "--val-size=100", "--paths=a,b_fused,c32", f"--out={tmp_path}", data_dir=data_dir
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| (")]
+    assert [row.split(")")[0] for row in rows] == ["| (a", "| (b'", "| (c32"]
+    assert "2 epochs of 500 samples" in result.stdout  # every path trained on the same 500-image split
+    assert "(c32)/(a) time per epoch" in result.stdout and "(c32)/(b') time per epoch" in result.stdout
+    assert result.stderr.count("epoch 2/2:") == 1  # the paths took turns: one line per round
+
+
+def test_speed_benchmark_names_a_failed_path_and_its_log(data_dir, tmp_path):
+    result = run_script("bench/speed.py", "--epochs=1", "--val-size=100", "--paths=c", "--precision=64-bad",
+                        f"--out={tmp_path}", data_dir=data_dir)
+    assert result.returncode != 0
+    assert "path c stopped" in result.stderr and "c.log" in result.stderr and "64-bad" in result.stderr
