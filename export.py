@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mlplab.config import refuse_unknown_group_options
+from mlplab.config import refuse_unknown_overrides
 from mlplab.errors import reported_as_one_line
 from mlplab.export import export
 
@@ -21,5 +21,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    refuse_unknown_group_options(Path(__file__).parent / "conf", sys.argv[1:])  # one line, before Hydra starts
+    refuse_unknown_overrides(Path(__file__).parent / "conf", "export", sys.argv[1:])  # one line, before Hydra starts
     main()

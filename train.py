@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from mlplab.config import refuse_unknown_group_options
+from mlplab.config import refuse_unknown_overrides
 from mlplab.errors import reported_as_one_line
 from mlplab.pipeline import train
 from mlplab.sweeps import recorded_sweep_job
@@ -23,5 +23,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    refuse_unknown_group_options(Path(__file__).parent / "conf", sys.argv[1:])  # one line, before Hydra starts
+    refuse_unknown_overrides(Path(__file__).parent / "conf", "train", sys.argv[1:])  # one line, before Hydra starts
     main()

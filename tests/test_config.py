@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import CONF_DIR, compose_train
-from mlplab.config import refuse_unknown_group_options
+from mlplab.config import refuse_unknown_overrides
 from mlplab.pipeline import build_datamodule, build_module, build_trainer
 
 
@@ -117,11 +117,42 @@ def test_auto_precision_resolves_to_a_lightning_precision(tmp_path):
 )
 def test_unknown_group_option_is_one_line_before_hydra_starts(override, message, caplog):
     with pytest.raises(SystemExit) as stopped:
-        refuse_unknown_group_options(CONF_DIR, ["trainer.max_epochs=1", override])
+        refuse_unknown_overrides(CONF_DIR, "train", ["trainer.max_epochs=1", override])
     assert stopped.value.code == 1
     assert [r.getMessage() for r in caplog.records] == [f"error: {message}"]
 
 
 def test_known_group_options_and_plugin_groups_pass(caplog):
-    refuse_unknown_group_options(CONF_DIR, ["optimizer=sgd", "data=kmnist,mnist", "hydra/launcher=joblib", "-m"])
+    refuse_unknown_overrides(CONF_DIR, "train", ["optimizer=sgd", "data=kmnist,mnist", "hydra/launcher=joblib", "-m"])
+    assert not caplog.records
+
+
+@pytest.mark.parametrize(
+    "config, overrides, message",
+    [
+        ("train", ["optimizer.lrr=1"],
+         "optimizer.lrr is not a setting: optimizer has _target_, lr, weight_decay, betas, fused; did you mean optimizer.lr?"),
+        ("train", ["-m", "optimizer.lr=1e-3,4e-3", "trainer.max_epoch=1,2"], "did you mean trainer.max_epochs?"),
+        ("train", ["max_epochs=3"], "did you mean trainer.max_epochs?"),
+        ("train", ["optimizer=sgd", "optimizer.betas=[0.9,0.99]"], "optimizer has _target_, lr, momentum, nesterov"),
+        ("train", ["model.hidden_dims.2=64"], "model.hidden_dims is a list of 2"),
+        ("eval", ["ckpt_path=x.ckpt", "splt=val"], "did you mean split?"),
+        ("finetune", ["pretrained=x.ckpt", "finetune.freez=none"], "did you mean finetune.freeze?"),
+    ],
+)
+def test_unknown_key_is_one_line_naming_the_keys_there_are(config, overrides, message, caplog):
+    with pytest.raises(SystemExit) as stopped:
+        refuse_unknown_overrides(CONF_DIR, config, overrides)
+    assert stopped.value.code == 1
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("error: ") and message in line
+
+
+def test_existing_and_added_keys_pass(caplog):
+    refuse_unknown_overrides(CONF_DIR, "train", [
+        "optimizer=sgd", "optimizer.momentum=0.9", "model.hidden_dims=[128]", "model.hidden_dims.0=64",
+        "+trainer.limit_train_batches=3", "~callbacks.early_stopping", "+experiment=tutorial", "data.batch_size=32",
+        "hydra.run.dir=/tmp/x", "-m", "optimizer.lr=1e-3,2e-3",
+    ])
+    refuse_unknown_overrides(CONF_DIR, "eval", ["ckpt_path=x.ckpt", "split=val", "data=fashion_mnist", "data.val_size=10"])
     assert not caplog.records

@@ -86,9 +86,3 @@ def test_speed_benchmark_times_every_path_in_turns_and_prints_the_ratios(data_di
     assert "(c32)/(a) time per epoch" in result.stdout and "(c32)/(b') time per epoch" in result.stdout
     assert result.stderr.count("epoch 2/2:") == 1  # the paths took turns: one line per round
 
-
-def test_speed_benchmark_names_a_failed_path_and_its_log(data_dir, tmp_path):
-    result = run_script("bench/speed.py", "--epochs=1", "--val-size=100", "--paths=c", "--precision=64-bad",
-                        f"--out={tmp_path}", data_dir=data_dir)
-    assert result.returncode != 0
-    assert "path c stopped" in result.stderr and "c.log" in result.stderr and "64-bad" in result.stderr

@@ -34,6 +34,7 @@ def test_run_prints_final_metrics_and_run_dir(finished_run):
     output = (finished_run / "output.txt").read_text()
     assert "test/acc" in output and "val/acc" in output
     assert f"run dir: {finished_run}" in output
+    assert "litlogger" not in output  # Lightning's advert for its cloud logger is filtered out
 
 
 def test_run_dir_holds_config_checkpoints_events_and_metrics(finished_run):

@@ -12,15 +12,16 @@ job starts. ``mlplab.pipeline.train`` calls :func:`validate` again first thing, 
 (swept groups, keys that depend on each other) and in-process callers. It costs a header read of one data file.
 
 Every problem found is reported, on one line: ``key=value must be <what is allowed>``.
-Unknown group options (``optimizer=adamx``) fail inside Hydra's composition, which reports them in a dozen
-lines; :func:`refuse_unknown_group_options` reads the command line first and says it in one. Unknown keys
-(``optimizer.lrr=1``) are refused by Hydra itself.
+Unknown group options (``optimizer=adamx``) and keys (``optimizer.lrr=1``) fail inside Hydra's composition,
+which reports them in several lines; :func:`refuse_unknown_overrides` reads the command line first and says
+it in one, with what is allowed (or the closest existing key).
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterator, Sequence
+from difflib import get_close_matches
 from pathlib import Path
 from typing import Any, get_args
 
@@ -193,25 +194,71 @@ class ValidateBeforeRun(Callback):
         reported_as_one_line(validate_sweep)(config)
 
 
-def refuse_unknown_group_options(config_dir: str | Path, overrides: Sequence[str]) -> None:
-    """``group=option`` overrides naming no ``conf/<group>/<option>.yaml``: one line listing the valid options, exit 1.
+def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides: Sequence[str]) -> None:
+    """Overrides naming no ``conf/<group>/<option>.yaml`` (``optimizer=adamx``) or no existing key
+    (``optimizer.lrr=1``): one line saying what is allowed, exit 1. Hydra would say either in several lines.
 
     Called by the entry points before ``hydra.main`` composes anything. Groups that live outside ``conf/``
-    (``hydra/launcher=joblib`` comes from a plugin) are left to Hydra.
+    (``hydra/launcher=joblib`` comes from a plugin), ``hydra.*`` keys and keys added with ``+`` are left to Hydra.
     """
-    parser = OverridesParser.create()
+    parsed = []
     for text in overrides:
         if text.startswith("-") or "=" not in text:
             continue
         try:
-            override = parser.parse_override(text)
+            parsed.append(OverridesParser.create().parse_override(text))
         except Exception:  # a syntax error: Hydra says where
             continue
-        group = Path(config_dir) / override.key_or_group
-        if override.key_or_group.startswith("hydra") or override.is_delete() or not group.is_dir():
-            continue
-        options = sorted(p.stem for p in group.glob("*.yaml"))
-        chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        for option in chosen:
-            if option is not None and str(option) not in options:
-                exit_with(ConfigError(f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"))
+    config_dir = Path(config_dir).resolve()
+    is_group = lambda o: (config_dir / o.key_or_group).is_dir()  # noqa: E731
+    for override in parsed:
+        if is_group(override) and not override.is_delete() and not override.key_or_group.startswith("hydra"):
+            options = sorted(p.stem for p in (config_dir / override.key_or_group).glob("*.yaml"))
+            for option in swept_values(override):
+                if option is not None and str(option) not in options:
+                    exit_with(ConfigError(f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"))
+    keys = [o for o in parsed if not (is_group(o) or o.is_add() or o.is_force_add() or o.is_delete() or o.key_or_group.startswith("hydra"))]
+    if keys:
+        refuse_unknown_keys(config_dir, config_name, [o for o in parsed if is_group(o)], keys)
+
+
+def swept_values(override: Any) -> list[Any]:
+    return list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+
+
+def refuse_unknown_keys(config_dir: Path, config_name: str, groups: list[Any], keys: list[Any]) -> None:
+    """Compose the config the groups choose (the first option of a swept group), then look up every key."""
+    from hydra import compose, initialize_config_dir
+
+    choices = [f"{'+' if o.is_add() else ''}{o.key_or_group}={swept_values(o)[0]}" for o in groups if o.value() is not None]
+    try:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=choices)
+    except Exception:  # whatever stops this composition stops Hydra's too, which reports it
+        return
+    for override in keys:
+        key, node = override.key_or_group, cfg
+        for depth, part in enumerate(key.split(".")):
+            # _get_node: the child as stored, so `???` values and ${hydra:...} interpolations need no resolving
+            if isinstance(node, DictConfig) and part in node.keys():
+                node = node._get_node(part)
+            elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
+                node = node._get_node(int(part))
+            else:
+                parent = ".".join(key.split(".")[:depth])
+                if isinstance(node, DictConfig):
+                    known = f"{parent or 'the top level'} has {', '.join(map(str, node.keys()))}"
+                elif isinstance(node, ListConfig):
+                    known = f"{parent} is a list of {len(node)}"
+                else:
+                    known = f"{parent} is a single value"
+                close = get_close_matches(key, list(dotted_keys(cfg)), n=1)
+                hint = f"did you mean {close[0]}?" if close else f"to add a new key: +{override.input_line}"
+                exit_with(ConfigError(f"{key} is not a setting: {known}; {hint}"))
+
+
+def dotted_keys(node: Any, prefix: str = "") -> Iterator[str]:
+    if isinstance(node, DictConfig):
+        for key in node.keys():
+            yield f"{prefix}{key}"
+            yield from dotted_keys(node._get_node(key), f"{prefix}{key}.")

@@ -26,6 +26,14 @@ from mlplab.module import ClassifierModule
 log = logging.getLogger(__name__)
 
 
+def not_an_advert(record: logging.LogRecord) -> bool:
+    """Lightning 2.6 logs a tip to install its cloud logger whenever a Trainer starts: noise in every run's output."""
+    return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_an_advert)
+
+
 def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
     return instantiate(cfg.data, _convert_="all")
 
