@@ -293,3 +293,27 @@ def test_finetune_py_writes_a_train_py_run_dir_plus_the_pretrained_accuracy(data
 def test_finetune_without_pretrained_says_it_is_required(data_dir):
     with pytest.raises(ConfigError, match="pretrained is required"):
         finetune(compose_finetune(data_dir))
+
+
+def test_resumed_finetuning_ends_exactly_like_the_run_left_alone(data_dir, pretrained_ckpt, tmp_path):
+    """Stopped after epoch 1 of 3 (backbone frozen until epoch 2), then resumed from last.ckpt: same end."""
+    overrides = [f"pretrained={pretrained_ckpt}", "trainer.max_epochs=3", "finetune.freeze=backbone",
+                 "finetune.unfreeze_at_epoch=2", "finetune.backbone_lr_scale=0.1", "scheduler=none", "logger=csv"]
+
+    def run(name: str, *extra: str) -> Path:
+        cfg = compose_finetune(data_dir, [*overrides, *extra])
+        with open_dict(cfg):
+            cfg.output_dir = str(tmp_path / name)
+        finetune(cfg)
+        return tmp_path / name
+
+    alone = run("alone")
+    stopped = run("stopped", "+trainer.max_steps=16")  # 8 steps an epoch: stops after epoch 1, before the unfreeze
+    assert torch.load(stopped / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 1
+    resumed = run("resumed", f"ckpt_path={stopped / 'checkpoints' / 'last.ckpt'}")
+    metrics = [json.loads((run_dir / "metrics.json").read_text()) for run_dir in (alone, resumed)]
+    for key in ("val/acc", "val/loss", "test/acc", "test/loss", "epochs"):
+        assert metrics[0][key] == metrics[1][key], key
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"] for d in (alone, resumed)]
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name

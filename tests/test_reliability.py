@@ -30,6 +30,7 @@ from mlplab.config import ValidateBeforeRun, validate, validate_sweep
 from mlplab.data import MNISTDataModule, load_split
 from mlplab.errors import ConfigError, DataError
 from mlplab.faults import StopOnDivergence, TrainingDiverged
+from mlplab.pipeline import train
 
 FAST = ["trainer.max_epochs=2", "data.val_size=100", "data.batch_size=32", "trainer.enable_model_summary=false",
         "trainer.precision=32-true", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
@@ -260,6 +261,18 @@ def test_resumed_run_ends_exactly_like_the_run_left_alone(interrupted):
         assert torch.equal(weights[0][name], weights[1][name]), name
 
 
+def test_last_ckpt_holds_every_finished_epoch_even_when_the_best_does_not_change(data_dir, tmp_path):
+    """An LR too small to move val/acc: the best checkpoint stays at epoch 0, last.ckpt must follow every epoch."""
+    cfg = compose_train([*FAST, f"data.data_dir={data_dir}", "trainer.max_epochs=3", "optimizer.lr=1e-12",
+                         "scheduler=none", "logger=csv"], output_dir=tmp_path)
+    train(cfg)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert Path(metrics["best_ckpt"]).name.startswith("epoch00-")  # val/acc never improved after epoch 0
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["epoch"] == 2 and last["global_step"] == 3 * math.ceil(500 / 32)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [Path(metrics["best_ckpt"]).name, "last.ckpt"]
+
+
 def test_random_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     saved = RandomState().state_dict()
     torch.save(saved, tmp_path / "state.pt")
@@ -289,7 +302,7 @@ def test_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(da
 
 @pytest.mark.parametrize("world_size", [1, 2], ids=["one CPU process: checked each step", "GPU or DDP: recorded on the device"])
 def test_divergence_is_reported_at_the_first_bad_step(world_size):
-    trainer = SimpleNamespace(world_size=world_size, current_epoch=3, global_step=40, optimizers=[], checkpoint_callback=None,
+    trainer = SimpleNamespace(world_size=world_size, current_epoch=3, global_step=40, optimizers=[], checkpoint_callbacks=[],
                               strategy=SimpleNamespace(reduce=lambda tensor, reduce_op: tensor))
     guard = StopOnDivergence(check_every_n_steps=100)
     guard.on_train_start(trainer, SimpleNamespace(hparams={"net": {"num_classes": 10}}))

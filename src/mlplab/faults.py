@@ -45,11 +45,22 @@ class TrainingDiverged(UserError):
     """The training loss became inf or NaN."""
 
 
+def last_checkpoint(trainer: L.Trainer) -> str:
+    """The path of ``last.ckpt`` (the end of the newest finished epoch) if a checkpoint callback wrote one, else ''.
+
+    conf/callbacks/default.yaml writes it with a ModelCheckpoint of its own (``filename: last``, no monitor),
+    which keeps it in ``best_model_path``; ``save_last=true`` would keep it in ``last_model_path``."""
+    for callback in trainer.checkpoint_callbacks:
+        for path in (callback.last_model_path, callback.best_model_path):
+            if path and Path(path).name == "last.ckpt" and Path(path).is_file():
+                return path
+    return ""
+
+
 def kept_checkpoint(trainer: L.Trainer) -> str:
     """Which checkpoint holds the last good state, in words, for the one-line reports."""
-    checkpoint = trainer.checkpoint_callback
-    last = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
-    if not last or not Path(last).is_file():
+    last = last_checkpoint(trainer)
+    if not last:
         return "no epoch finished, so no checkpoint was kept"
     epoch = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"]
     return f"{last} keeps the end of epoch {epoch}"
@@ -128,10 +139,9 @@ class ReportInterruption(L.Callback):
             return
         signal_name = "SIGTERM" if isinstance(exception, SIGTERMException) else "Ctrl-C (SIGINT)"
         where = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
-        checkpoint = trainer.checkpoint_callback
-        last = getattr(checkpoint, "last_model_path", "") if checkpoint is not None else ""
+        last = last_checkpoint(trainer)
         resume = ""
-        if last and Path(last).is_file():
+        if last:
             run_dir = trainer.default_root_dir
             kept = [arg for arg in command_line_overrides() if not arg.startswith(("ckpt_path=", "hydra.run.dir="))]
             command = ["python", sys.argv[0], *kept, f"ckpt_path={last}", f"hydra.run.dir={run_dir}"]
