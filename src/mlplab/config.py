@@ -210,14 +210,15 @@ def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides
         except Exception:  # a syntax error: Hydra says where
             continue
     config_dir = Path(config_dir).resolve()
+    parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
     is_group = lambda o: (config_dir / o.key_or_group).is_dir()  # noqa: E731
     for override in parsed:
-        if is_group(override) and not override.is_delete() and not override.key_or_group.startswith("hydra"):
+        if is_group(override) and not override.is_delete():
             options = sorted(p.stem for p in (config_dir / override.key_or_group).glob("*.yaml"))
             for option in swept_values(override):
                 if option is not None and str(option) not in options:
                     exit_with(ConfigError(f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"))
-    keys = [o for o in parsed if not (is_group(o) or o.is_add() or o.is_force_add() or o.is_delete() or o.key_or_group.startswith("hydra"))]
+    keys = [o for o in parsed if not (is_group(o) or o.is_add() or o.is_force_add() or o.is_delete())]
     if keys:
         refuse_unknown_keys(config_dir, config_name, [o for o in parsed if is_group(o)], keys)
 
