@@ -1,7 +1,5 @@
 """Every config group option composes, and the objects it names can be built."""
 
-from pathlib import Path
-
 import lightning as L
 import pytest
 import torch
