@@ -34,6 +34,7 @@ from mlplab.data import DATASETS, LOADERS, raw_folder
 from mlplab.errors import ConfigError, exit_with, reported_as_one_line
 from mlplab.idx import read_header
 from mlplab.models import ACTIVATIONS
+from mlplab.run_dirs import refuse_used_dir
 
 ABSENT = object()
 PRECISIONS = ("auto", *get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS), *get_args(_PRECISION_INPUT_INT))
@@ -189,9 +190,11 @@ class ValidateBeforeRun(Callback):
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         reported_as_one_line(validate)(config)
+        reported_as_one_line(refuse_used_dir)(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         reported_as_one_line(validate_sweep)(config)
+        reported_as_one_line(refuse_used_dir)(config, "hydra.sweep.dir")
 
 
 def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides: Sequence[str]) -> None:

@@ -1,0 +1,66 @@
+"""Run and sweep directories: every run gets one of its own, and no run writes into another's.
+
+Hydra's default name, ``${now:%Y-%m-%d_%H-%M-%S}``, is shared by every run started in the same second: a shell
+loop starting a few seeds put all of them (checkpoints, TensorBoard events, metrics.json) into one directory.
+``${unique_dir:<parent>}`` (the configs' ``hydra.run.dir`` and ``hydra.sweep.dir``) names a new directory
+``<parent>/<YYYY-MM-DD_HH-MM-SS>_<6 hex digits>`` and creates it with an exclusive ``mkdir``, which fails when
+the name exists, also on a shared (NFS) filesystem; then another suffix is drawn. Names still sort by start time.
+The resolver caches its value per config (``use_cache``), and Hydra copies that cache into every job of a
+sweep, so a run or a sweep resolves its directory once.
+
+A directory given by hand (``hydra.run.dir=X``) that already holds another run (its ``.hydra/`` record or
+``metrics.json``) is refused in one line, unless the command resumes that run (``ckpt_path`` inside X, the resume
+command ``mlplab.faults.ReportInterruption`` prints).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mlplab.errors import ConfigError
+
+RESOLVER = "unique_dir"
+RUN_RECORDS = (".hydra", "metrics.json", "multirun.yaml")  # what a finished (or started) run leaves behind
+
+
+def new_unique_dir(parent: str) -> str:
+    """Create ``<parent>/<time>_<random suffix>`` (never an existing one) and return its path."""
+    root = Path(parent)
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = root / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}"
+        try:
+            path.mkdir()
+            return str(path)
+        except FileExistsError:  # another run took this name first: draw again
+            continue
+
+
+if not OmegaConf.has_resolver(RESOLVER):
+    OmegaConf.register_new_resolver(RESOLVER, new_unique_dir, use_cache=True)
+
+
+def refuse_used_dir(config: DictConfig, key: str) -> None:
+    """ConfigError when ``config.<key>`` (``hydra.run.dir`` or ``hydra.sweep.dir``) was set by hand to a
+    directory holding another run, unless ``ckpt_path`` resumes a run inside it."""
+    raw: Any = OmegaConf.to_container(config, resolve=False)
+    for part in key.split("."):
+        raw = raw.get(part) if isinstance(raw, dict) else None
+    if raw is None or f"${{{RESOLVER}:" in str(raw):
+        return  # a new directory of its own
+    directory = Path(str(OmegaConf.select(config, key)))
+    found = [name for name in RUN_RECORDS if (directory / name).exists()]
+    if not found:
+        return
+    ckpt_path = OmegaConf.select(config, "ckpt_path", default=None, throw_on_missing=False)
+    if ckpt_path and directory.resolve() in Path(str(ckpt_path)).resolve().parents:
+        return  # the documented resume: the run continues in its own directory
+    raise ConfigError(
+        f"{key}={directory} already holds another run ({', '.join(found)}); leave {key} out for a new directory of "
+        f"its own, or to resume that run: ckpt_path={directory}/checkpoints/last.ckpt {key}={directory}"
+    )

@@ -1,0 +1,59 @@
+"""Every run and every sweep job gets a directory of its own, even when many start in the same second."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from conftest import ROOT, run_script
+
+TINY = ["trainer.max_epochs=1", "scheduler=none", "data.val_size=100", "data.batch_size=100", "model.hidden_dims=[8]", "logger=csv",
+        "num_threads=1", "trainer.precision=32-true", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
+        "trainer.enable_model_summary=false", "callbacks.error_analysis=null", "callbacks.training_samples=null",
+        "callbacks.hparams=null"]
+
+
+def test_runs_and_sweeps_started_together_never_share_a_directory(data_dir, tmp_path):
+    """`for s in 1 2 3 4 5 6; do python train.py seed=$s & done` and two `-m` sweeps at once, from one folder."""
+    args = " ".join(f"'{a}'" for a in TINY)
+    script = (
+        f"for s in 1 2 3 4 5 6; do {sys.executable} {ROOT}/train.py seed=$s {args} & done; "
+        f"for s in 7,8 9,10; do {sys.executable} {ROOT}/train.py -m seed=$s {args} & done; wait"
+    )
+    env = os.environ | {"DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"}
+    subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, check=True, timeout=600, capture_output=True)
+
+    runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
+    assert len(runs) == 6
+    seeds = [yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["seed"] for run in runs]
+    assert sorted(seeds) == [1, 2, 3, 4, 5, 6]
+    results = [json.loads((run / "metrics.json").read_text()) for run in runs]
+    assert len({r["val/loss"] for r in results}) == 6  # each seed's own result, none overwritten
+    assert all(Path(r["best_ckpt"]).parent.parent == run for r, run in zip(results, runs))
+
+    sweeps = sorted((tmp_path / "logs" / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 2
+    jobs = {sweep.name: sorted(p.parent.name for p in sweep.glob("*/metrics.json")) for sweep in sweeps}
+    assert list(jobs.values()) == [["0", "1"], ["0", "1"]]
+    swept = sorted(yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["seed"] for sweep in sweeps
+                   for job in sweep.iterdir() if job.is_dir() and (job / ".hydra").is_dir())
+    assert swept == [7, 8, 9, 10]
+
+
+def test_a_directory_holding_another_run_is_refused_unless_resumed(data_dir, tmp_path):
+    finished = tmp_path / "finished"
+    (finished / ".hydra").mkdir(parents=True)
+    (finished / "metrics.json").write_text("{}")
+    before = sorted(p.name for p in finished.iterdir())
+    result = run_script("train.py", *TINY, f"hydra.run.dir={finished}", data_dir=data_dir)
+    assert result.returncode == 1
+    [line] = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
+    assert line.endswith(f"error: hydra.run.dir={finished} already holds another run (.hydra, metrics.json); leave "
+                     f"hydra.run.dir out for a new directory of its own, or to resume that run: "
+                     f"ckpt_path={finished}/checkpoints/last.ckpt hydra.run.dir={finished}")
+    assert sorted(p.name for p in finished.iterdir()) == before  # nothing overwritten
