@@ -65,12 +65,12 @@ def test_missing_data_names_folder_and_files(tmp_path):
 
 
 def test_val_size_must_leave_training_data(data_dir):
-    with pytest.raises(ValueError, match=r"data.val_size=600 must be between 1 and 599"):
+    with pytest.raises(ValueError, match=r"data.val_size=600 must be smaller than the 600 training images"):
         make_datamodule(data_dir, val_size=600)
 
 
 def test_unknown_dataset_lists_choices():
-    with pytest.raises(ValueError, match="choose one of mnist, fashion_mnist, kmnist"):
+    with pytest.raises(ValueError, match="data.dataset='cifar10' must be one of mnist, fashion_mnist, kmnist"):
         MNISTDataModule(dataset="cifar10")
 
 

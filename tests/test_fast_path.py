@@ -48,7 +48,7 @@ def test_augmentation_disabled_by_config(data_dir):
 
 
 def test_negative_augmentation_strength_is_refused():
-    with pytest.raises(ValueError, match=r"data.augment.degrees=-5 must be >= 0"):
+    with pytest.raises(ValueError, match=r"data.augment.degrees=-5 must be a number of degrees in \[0, 180\]"):
         BatchAffine(degrees=-5)
 
 

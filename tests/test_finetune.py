@@ -149,7 +149,7 @@ def test_frozen_backbone_trains_from_the_unfreeze_epoch_at_its_scaled_lr(data_di
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["finetune.freeze=3"], "finetune.freeze=3 must be none, backbone or a number of hidden layers from 0 to 2"),
+        (["finetune.freeze=3"], "finetune.freeze=3 must be at most the 2 hidden layers of the pretrained network"),
         (["finetune.freeze=all"], "must be none, backbone or a number"),
         (["finetune.unfreeze_at_epoch=1"], "needs frozen layers"),
         (["finetune.freeze=1", "finetune.unfreeze_at_epoch=5", "trainer.max_epochs=5"], "must be a whole epoch >= 1 and < trainer.max_epochs=5"),
@@ -258,9 +258,9 @@ def test_classes_restrict_every_split_and_renumber_the_labels(data_dir, loader):
         ({"classes": [3]}, "at least two distinct labels from 0 to 9"),
         ({"classes": [3, 3]}, "at least two distinct labels"),
         ({"classes": [0, 10]}, "at least two distinct labels"),
-        ({"samples_per_class": 0}, "must be a whole number >= 1"),
+        ({"samples_per_class": 0}, "data.samples_per_class=0 must be an integer >= 1"),
         ({"samples_per_class": 1000}, "but label 0 has only"),
-        ({"train_fraction": 1.5}, "must be in \\(0, 1\\]"),
+        ({"train_fraction": 1.5}, "must be a number in \\(0, 1\\]"),
         ({"train_fraction": 0.5, "samples_per_class": 5}, "not both"),
     ],
 )

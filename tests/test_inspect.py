@@ -251,5 +251,5 @@ def test_exported_files_give_the_checkpoints_logits_without_mlplab(tiny_run, dat
 
 
 def test_export_refuses_an_unknown_format(tiny_run, tmp_path):
-    with pytest.raises(UserError, match="format='keras' is not known; choose torchscript or onnx"):
+    with pytest.raises(UserError, match="format='keras' must be one of torchscript, onnx"):
         export(compose_entry("export", [f"ckpt_path={run_metrics(tiny_run)['best_ckpt']}", "format=keras"], tmp_path))

@@ -39,9 +39,10 @@ def test_dropout_and_batch_norm_are_where_asked():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"activation": "sigmoidish"}, "model.activation='sigmoidish' is not known; choose one of relu"),
-        ({"dropout": 1.0}, "model.dropout=1.0 must be in [0, 1)"),
-        ({"hidden_dims": [64, 0]}, "model.hidden_dims=[64, 0] must be positive"),
+        ({"activation": "sigmoidish"}, "model.activation='sigmoidish' must be one of relu, gelu"),
+        ({"dropout": 1.0}, "model.dropout=1.0 must be a number in [0, 1)"),
+        ({"dropout": float("nan")}, "model.dropout=nan must be a number in [0, 1)"),
+        ({"hidden_dims": [64, 0]}, "model.hidden_dims=[64, 0] must be a list of layer widths >= 1"),
     ],
 )
 def test_bad_model_config_is_named(kwargs, message):

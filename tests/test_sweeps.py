@@ -119,10 +119,10 @@ def test_datamodule_validates_on_the_chosen_fold_and_tests_on_the_official_test_
 @pytest.mark.parametrize(
     ("num_folds", "fold", "message"),
     [
-        (3, None, r"data.fold=None must be one of 0..2 with data.num_folds=3"),
-        (3, 3, r"data.fold=3 must be one of 0..2"),
-        (1, 0, r"data.num_folds=1 must be >= 2"),
-        (None, 1, r"data.fold=1 needs data.num_folds"),
+        (3, None, r"data.fold=null must be an integer in \[0, data.num_folds=3\)"),
+        (3, 3, r"data.fold=3 must be an integer in \[0, data.num_folds=3\)"),
+        (1, 0, r"data.num_folds=1 must be an integer >= 2"),
+        (None, 1, r"data.fold=1 must be null unless data.num_folds is set"),
     ],
 )
 def test_fold_settings_are_checked_before_any_work(num_folds, fold, message):

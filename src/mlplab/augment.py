@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlplab.errors import ConfigError
+from mlplab.rules import check
 
 
 class BatchAffine(nn.Module):
@@ -21,11 +21,8 @@ class BatchAffine(nn.Module):
 
     def __init__(self, translate: float = 0.1, degrees: float = 10.0, scale: float = 0.1, enabled: bool = True) -> None:
         super().__init__()
-        for name, value in (("translate", translate), ("degrees", degrees), ("scale", scale)):
-            if value < 0:
-                raise ConfigError(f"data.augment.{name}={value} must be >= 0")
-        if scale >= 1:
-            raise ConfigError(f"data.augment.scale={scale} must be < 1 (a fraction, e.g. 0.1 for +-10%)")
+        check({"data.augment.translate": translate, "data.augment.degrees": degrees, "data.augment.scale": scale,
+               "data.augment.enabled": enabled})
         self.translate, self.degrees, self.scale = translate, degrees, scale
 
     def forward(self, images: torch.Tensor, fill: float = 0.0) -> torch.Tensor:

@@ -1,15 +1,14 @@
 """Config validation: every value a user can type is checked once, right after Hydra composes the config.
 
-Why one function rather than dataclass schemas in Hydra's ConfigStore: the config groups are plain YAML
-that name the class they build (``_target_``); a parallel set of dataclasses would repeat every group and
-still not express ranges ("0 <= dropout < 1") or facts only the data knows (``val_size`` below the size of
-the training set). A table of rules checks both, and the entry points share it.
+The rules themselves (type, range, finiteness, choices, relations between keys) are the one table in
+``mlplab.rules``, which the classes the configs build use too. Here they are applied to a composed config, plus
+what only the machine (devices, GPUs) and the data (the size of the training set, from its IDX header) can tell.
 
-When it runs: ``ValidateBeforeRun`` (registered under ``hydra.callbacks`` in conf/train.yaml) calls
+When it runs: ``ValidateBeforeRun`` (registered under ``hydra.callbacks`` in every entry point's config) calls
 :func:`validate` from Hydra's ``on_run_start``, which comes *before* Hydra creates the run directory, so a
-typo leaves nothing behind; for a multirun, :func:`validate_sweep` checks every swept value before the first
-job starts. ``mlplab.pipeline.train`` calls :func:`validate` again first thing, which covers each multirun job
-(swept groups, keys that depend on each other) and in-process callers. It costs a header read of one data file.
+typo leaves nothing behind; for a multirun, :func:`validate_sweep` checks every swept value (and an optimizing
+sweeper's search space) before the first job starts. ``mlplab.pipeline.train`` calls :func:`validate` again
+first thing, which covers each multirun job (swept groups, keys that depend on each other) and in-process callers.
 
 Every problem found is reported, on one line: ``key=value must be <what is allowed>``.
 Unknown group options (``optimizer=adamx``) and keys (``optimizer.lrr=1``) fail inside Hydra's composition,
@@ -20,80 +19,28 @@ it in one, with what is allowed (or the closest existing key).
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
+import os
+from collections.abc import Iterator, Sequence
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, get_args
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mlplab.data import DATASETS, LOADERS, raw_folder
-from mlplab.errors import ConfigError, exit_with, reported_as_one_line
+from mlplab.data import DATASETS, raw_folder
+from mlplab.errors import ConfigError, DataError, exit_with, reported_as_one_line
 from mlplab.idx import read_header
-from mlplab.models import ACTIVATIONS
+from mlplab.rules import problem, problems, relation_problems, split_problems
 from mlplab.run_dirs import refuse_used_dir
 
 ABSENT = object()
-PRECISIONS = ("auto", *get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS), *get_args(_PRECISION_INPUT_INT))
-
-
-def number(test: Callable[[float], bool]) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, int | float) and not isinstance(value, bool) and test(value)
-
-
-def integer(test: Callable[[int], bool]) -> Callable[[Any], bool]:
-    return lambda value: isinstance(value, int) and not isinstance(value, bool) and test(value)
-
-
-def one_of(choices: Sequence[Any]) -> tuple[Callable[[Any], bool], str]:
-    return (lambda value: value in choices), "one of " + ", ".join(dict.fromkeys(map(str, choices)))
-
-
-positive, non_negative = number(lambda v: v > 0), number(lambda v: v >= 0)
-fraction = number(lambda v: 0 <= v < 1)
-count = integer(lambda v: v >= 1)
-
-# key -> (test, what is allowed). Keys absent from the composed config (optimizer.momentum under adam) are skipped.
-RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "optimizer.lr": (positive, "a number > 0"),
-    "optimizer.weight_decay": (non_negative, "a number >= 0"),
-    "optimizer.momentum": (fraction, "a number in [0, 1)"),
-    "optimizer.betas": (lambda v: isinstance(v, Sequence) and len(v) == 2 and all(map(fraction, v)), "two numbers in [0, 1)"),
-    "model.hidden_dims": (lambda v: isinstance(v, Sequence) and all(map(count, v)), "a list of layer widths >= 1"),
-    "model.dropout": (fraction, "a number in [0, 1)"),
-    "model.activation": one_of(tuple(ACTIVATIONS)),
-    "model.batch_norm": (lambda v: isinstance(v, bool), "true or false"),
-    "data.dataset": one_of(tuple(DATASETS)),
-    "data.loader": one_of(LOADERS),
-    "data.batch_size": (count, "an integer >= 1"),
-    "data.eval_batch_size": (count, "an integer >= 1"),
-    "data.val_size": (count, "an integer >= 1"),
-    "data.num_workers": (integer(lambda v: v >= 0), "an integer >= 0"),
-    "data.augment.translate": (non_negative, "a number >= 0"),
-    "data.augment.degrees": (non_negative, "a number >= 0"),
-    "data.augment.scale": (fraction, "a number in [0, 1)"),
-    "regularization.l1": (non_negative, "a number >= 0"),
-    "regularization.label_smoothing": (fraction, "a number in [0, 1)"),
-    "trainer.max_epochs": (integer(lambda v: v >= 1 or v == -1), "an integer >= 1 (or -1: no limit)"),
-    "trainer.precision": one_of(PRECISIONS),
-    "trainer.num_nodes": (count, "an integer >= 1"),
-    "callbacks.early_stopping.patience": (integer(lambda v: v >= 0), "an integer >= 0"),
-    "seed": (integer(lambda v: v >= 0), "an integer >= 0"),
-}
-# Keys that may appear in any group (few-shot subsets, cross-validation folds): checked wherever they are.
-ANYWHERE: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "samples_per_class": (lambda v: v is None or count(v), "an integer >= 1, or null for all"),
-    "train_fraction": (lambda v: v is None or number(lambda f: 0 < f <= 1)(v), "a number in (0, 1], or null for all"),
-    "num_folds": (lambda v: v is None or integer(lambda n: n >= 2)(v), "an integer >= 2, or null for one hold-out split"),
-}
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise one ConfigError listing every value out of range, of the wrong type or of an unknown name."""
-    problems = [f"{key}={shown(value)} must be {allowed}" for key, value, allowed in violations(cfg)]
+    problems = violations(cfg)
     if problems:
         raise ConfigError("; ".join(problems))
 
@@ -107,12 +54,13 @@ def validate_sweep(cfg: DictConfig) -> None:
     """
     sweeps = value_sweeps(cfg)
     swept_paths = {key.removesuffix("num_folds") + "fold" for key in sweeps if key.endswith("num_folds")} | set(sweeps)
-    problems = [f"{key}={shown(value)} must be {allowed}" for key, value, allowed in violations(cfg) if key not in swept_paths]
+    about = lambda problem, key: problem.startswith(key + "=")  # noqa: E731
+    problems = [p for p in violations(cfg) if not any(about(p, key) for key in swept_paths)]
     for key, values in sweeps.items():
         for value in values:
             trial = copy.deepcopy(cfg)
             OmegaConf.update(trial, key, value, force_add=True)
-            problems += [f"{key}={shown(bad)} must be {allowed} (in the sweep)" for k, bad, allowed in violations(trial) if k == key]
+            problems += [f"{p} (in the sweep)" for p in violations(trial) if about(p, key)]
     if problems:
         raise ConfigError("; ".join(dict.fromkeys(problems)))
 
@@ -131,53 +79,93 @@ def value_sweeps(cfg: DictConfig) -> dict[str, list[Any]]:
     return sweeps
 
 
-def violations(cfg: DictConfig) -> Iterator[tuple[str, Any, str]]:
-    for key, (test, allowed) in RULES.items():
-        value = OmegaConf.select(cfg, key, default=ABSENT)
-        if value is not ABSENT and not test(value):
-            yield key, value, allowed
-    for path, node in nodes(cfg):
-        for key, (test, allowed) in ANYWHERE.items():
-            if key in node and not test(node[key]):
-                yield path + key, node[key], allowed
-        if "num_folds" in node and "fold" in node:
-            folds, fold = node.num_folds, node.fold
-            if folds is None and fold is not None:
-                yield path + "fold", fold, f"null unless {path}num_folds is set"
-            elif count(folds) and not integer(lambda v: 0 <= v < folds)(fold):
-                yield path + "fold", fold, f"an integer in [0, {path}num_folds={folds}) (every fold: -m '{path}fold=range({folds})')"
-    yield from val_size_violation(cfg)
-    ckpt_path = cfg.get("ckpt_path")
-    if ckpt_path is not None and not Path(ckpt_path).is_file():
-        yield "ckpt_path", ckpt_path, "an existing checkpoint file (e.g. <run>/checkpoints/last.ckpt)"
+def violations(cfg: DictConfig) -> list[str]:
+    """Every problem of ``cfg`` against mlplab.rules: each value, the keys between them, the machine, the data."""
+    values = dict(leaf_values(cfg))
+    found = problems(values) + relation_problems(values) + device_problems(values) + data_problems(values)
+    found += search_space_problems(cfg)
+    ckpt_path = values.get("ckpt_path")
+    if isinstance(ckpt_path, str) and ckpt_path and not Path(ckpt_path).is_file():
+        found.append(problem("ckpt_path", ckpt_path, "an existing checkpoint file (e.g. <run>/checkpoints/last.ckpt)"))
+    return list(dict.fromkeys(found))
 
 
-def val_size_violation(cfg: DictConfig) -> Iterator[tuple[str, Any, str]]:
-    """``data.val_size`` must leave training images: the size of the training set comes from its IDX header."""
-    data = cfg.get("data") or {}
-    val_size, dataset = data.get("val_size"), data.get("dataset")
-    if not count(val_size) or dataset not in DATASETS or data.get("data_dir") is None or data.get("num_folds"):
-        return
-    labels = raw_folder(data.data_dir, dataset) / "train-labels-idx1-ubyte"
+def leaf_values(cfg: DictConfig, path: str = "") -> Iterator[tuple[str, Any]]:
+    """``(dotted key, value)`` of every setting a user can type: Hydra's own only under ``hydra.sweeper``.
+    Values that cannot be resolved yet (``${hydra:runtime.output_dir}`` before the run starts) are left out."""
+    for key in cfg.keys():
+        dotted = f"{path}{key}"
+        if path == "" and key == "hydra":
+            sweeper = OmegaConf.select(cfg, "hydra.sweeper", default=None)
+            if isinstance(sweeper, DictConfig):
+                yield from ((k, v) for k, v in leaf_values(sweeper, "hydra.sweeper.") if not k.startswith("hydra.sweeper.params."))
+            continue
+        if OmegaConf.is_missing(cfg, key) or OmegaConf.is_interpolation(cfg, key):
+            continue  # unset, or another key's value: checked there
+        try:
+            value = cfg[key]
+        except Exception:  # an interpolation Hydra resolves later
+            continue
+        if isinstance(value, DictConfig):
+            yield from leaf_values(value, dotted + ".")
+        elif key != "_target_":
+            yield dotted, OmegaConf.to_container(value, resolve=True) if isinstance(value, ListConfig) else value
+
+
+def device_problems(values: dict[str, Any]) -> list[str]:
+    """``trainer.accelerator`` and ``trainer.devices`` against what this machine has, before any process starts."""
+    from lightning.pytorch.accelerators import CUDAAccelerator
+
+    accelerator, devices = values.get("trainer.accelerator"), values.get("trainer.devices")
+    if accelerator is None:
+        return []
+    gpus = CUDAAccelerator.auto_device_count() if CUDAAccelerator.is_available() else 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    here = f"this machine has {cores} CPU core{'s' * (cores != 1)} and {gpus or 'no'} GPU{'s' * (gpus != 1)}"
+    if accelerator in ("gpu", "cuda") and gpus == 0:
+        return [f"trainer.accelerator={accelerator} (trainer=gpu) needs a GPU, but {here}: use trainer=cpu, or "
+                "trainer=default (a GPU when there is one, else the CPU)"]
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
+    available, unit = (gpus, "GPUs") if on_gpu else (cores, "CPU processes, one per core")
+    requested = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) and devices > 0 else 0
+    if requested > available or (on_gpu and isinstance(devices, list) and max(devices, default=0) >= gpus):
+        return [problem("trainer.devices", devices, f"at most {available} {unit} here ({here})")]
+    return []
+
+
+def data_problems(values: dict[str, Any]) -> list[str]:
+    """The split sizes against the training set, whose size comes from its IDX header (8 bytes)."""
+    dataset, data_dir = values.get("data.dataset"), values.get("data.data_dir")
+    if dataset not in DATASETS or not isinstance(data_dir, str):
+        return []
+    labels = raw_folder(data_dir, dataset) / "train-labels-idx1-ubyte"
     if not labels.is_file():
-        return  # downloaded later; the split checks again
-    (num_train,) = read_header(labels)[:1]
-    if val_size >= num_train:
-        yield "data.val_size", val_size, f"smaller than the {num_train} training images of {dataset} (in {labels.parent})"
+        return []  # downloaded later; the data module checks again
+    try:
+        (num_train,) = read_header(labels)[:1]
+    except DataError:
+        return []  # the data module names the broken file
+    return split_problems(num_train, values, f" of {dataset} (in {labels.parent})")
 
 
-def nodes(cfg: DictConfig, path: str = "") -> Iterator[tuple[str, DictConfig]]:
-    """Every mapping in the user's config (Hydra's own settings excluded), with its dotted path."""
-    yield path, cfg
-    for key, child in cfg.items_ex(resolve=False):
-        if isinstance(child, DictConfig) and not (path == "" and key == "hydra"):
-            yield from nodes(child, f"{path}{key}.")
-
-
-def shown(value: Any) -> str:
-    if isinstance(value, DictConfig | ListConfig):
-        value = OmegaConf.to_container(value)
-    return repr(value) if isinstance(value, str) else str(value)
+def search_space_problems(cfg: DictConfig) -> list[str]:
+    """An optimizing sweeper's search space (``hydra.sweeper.params``): each choice, and both ends of each interval."""
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None)
+    if not isinstance(params, DictConfig):
+        return []
+    found = []
+    for key, expression in OmegaConf.to_container(params, resolve=False).items():
+        try:
+            override = OverridesParser.create().parse_override(f"{key}={expression}")
+        except Exception:
+            found.append(f"hydra.sweeper.params.{key}={expression!r} must be choice(...), range(...) or interval(low, high)")
+            continue
+        sweep = override.value()
+        ends = [sweep.start, sweep.end] if hasattr(sweep, "end") else None  # an IntervalSweep
+        values = ends if ends is not None else list(override.sweep_iterator()) if override.is_sweep_override() else [sweep]
+        for value in values:
+            found += [f"hydra.sweeper.params.{p} (in the search space)" for p in problems({key: value})]
+    return list(dict.fromkeys(found))
 
 
 class ValidateBeforeRun(Callback):

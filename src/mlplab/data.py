@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -23,6 +24,7 @@ from torchvision import datasets, transforms
 
 from mlplab.augment import BatchAffine
 from mlplab.errors import ConfigError, DataError
+from mlplab.rules import check, problem, split_problems
 from mlplab.idx import check_split
 
 
@@ -87,25 +89,16 @@ def missing_data_message(data_dir: str | Path, dataset: str, missing: Sequence[s
 
 def split_train_val(num_samples: int, val_size: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded random split of the official training set into (train indices, validation indices)."""
-    if not 0 < val_size < num_samples:
-        raise ConfigError(f"data.val_size={val_size} must be between 1 and {num_samples - 1} (training set size - 1)")
+    check_split_sizes(num_samples, {"data.val_size": val_size})
     order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
     return order[val_size:].sort().values, order[:val_size].sort().values
 
 
-def check_folds(num_folds: int | None, fold: int | None) -> None:
-    """Refuse a fold setting that cannot name one validation fold, before any data is read."""
-    if num_folds is None:
-        if fold is not None:
-            raise ConfigError(f"data.fold={fold} needs data.num_folds (the number of folds, >= 2)")
-        return
-    if num_folds < 2:
-        raise ConfigError(f"data.num_folds={num_folds} must be >= 2 (or null: one hold-out split of data.val_size)")
-    if fold is None or not 0 <= fold < num_folds:
-        raise ConfigError(
-            f"data.fold={fold} must be one of 0..{num_folds - 1} with data.num_folds={num_folds} "
-            f"(all of them: -m 'data.fold=range({num_folds})')"
-        )
+def check_split_sizes(num_train: int, values: dict[str, Any]) -> None:
+    """``data.val_size``, ``data.num_folds``, ``data.batch_size`` against the training set (rules: mlplab.rules)."""
+    found = split_problems(num_train, values, "")
+    if found:
+        raise ConfigError("; ".join(found))
 
 
 def split_folds(labels: torch.Tensor, num_folds: int, fold: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,8 +108,7 @@ def split_folds(labels: torch.Tensor, num_folds: int, fold: int, seed: int) -> t
     gets each class's share to within one image, and fold sizes differ by at most one. The same seed gives
     the same partition for every ``fold``, so the k jobs of a cross-validation validate on disjoint folds.
     """
-    if num_folds > len(labels):
-        raise ConfigError(f"data.num_folds={num_folds} is more than the {len(labels)} training images")
+    check_split_sizes(len(labels), {"data.num_folds": num_folds, "data.fold": fold})
     shuffled = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     by_class = shuffled[torch.sort(labels[shuffled], stable=True).indices]
     fold_of = torch.empty(len(labels), dtype=torch.long)
@@ -134,10 +126,7 @@ def class_label_map(classes: Sequence[int] | None, num_labels: int) -> torch.Ten
     """``data.classes`` as a lookup table: dataset label -> new label 0..n-1, or -1 for a label left out."""
     if classes is None:
         return None
-    classes = list(classes)
-    valid = all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < num_labels for c in classes)
-    if len(classes) < 2 or len(set(classes)) != len(classes) or not valid:
-        raise ConfigError(f"data.classes={classes} must be at least two distinct labels from 0 to {num_labels - 1}")
+    classes = list(classes)  # checked by MNISTDataModule (mlplab.rules)
     table = torch.full((num_labels,), -1, dtype=torch.long)
     table[torch.tensor(classes)] = torch.arange(len(classes))
     return table
@@ -234,17 +223,8 @@ class MNISTDataModule(L.LightningDataModule):
         train_fraction: float | None = None,
     ) -> None:
         super().__init__()
-        if dataset not in DATASETS:
-            raise ConfigError(f"data.dataset={dataset!r} is not known; choose one of {', '.join(DATASETS)}")
-        if loader not in LOADERS:
-            raise ConfigError(f"data.loader={loader!r} is not known; choose one of {', '.join(LOADERS)}")
-        check_folds(num_folds, fold)
-        if samples_per_class is not None and train_fraction is not None:
-            raise ConfigError("give data.samples_per_class or data.train_fraction, not both")
-        if samples_per_class is not None and (not isinstance(samples_per_class, int) or samples_per_class < 1):
-            raise ConfigError(f"data.samples_per_class={samples_per_class} must be a whole number >= 1 (images per class)")
-        if train_fraction is not None and not 0 < train_fraction <= 1:
-            raise ConfigError(f"data.train_fraction={train_fraction} must be in (0, 1]")
+        arguments = dict(locals())
+        check({f"data.{key}": value for key, value in arguments.items() if key not in ("self", "augment", "__class__")})
         self.save_hyperparameters()
         self.info = DATASETS[dataset]
         self.label_map = class_label_map(classes, len(self.info.class_names))  # None: every label, unchanged
@@ -287,11 +267,15 @@ class MNISTDataModule(L.LightningDataModule):
             return
         images, labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=True)
         test_images, test_labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=False)
+        check_split_sizes(len(labels), {f"data.{key}": self.hparams[key] for key in ("val_size", "num_folds", "batch_size")})
         if self.hparams.num_folds is None:
             train_idx, val_idx = split_train_val(len(labels), self.hparams.val_size, self.hparams.split_seed)
         else:
             train_idx, val_idx = split_folds(labels, self.hparams.num_folds, self.hparams.fold, self.hparams.split_seed)
         train_idx, val_idx, test_idx = self._select(labels, test_labels, train_idx, val_idx)
+        if self.hparams.batch_size > len(train_idx):  # data.classes, samples_per_class or train_fraction left fewer
+            raise ConfigError(problem("data.batch_size", self.hparams.batch_size,
+                                      f"at most the {len(train_idx)} images of the training split"))
         if self.hparams.loader == "torchvision":
             self._setup_torchvision(train_idx, val_idx, test_idx)
             return

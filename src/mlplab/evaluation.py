@@ -32,6 +32,7 @@ from torchmetrics.classification import (
 from mlplab.trained import TrainedClassifier, load_trained_from_config
 from mlplab.data import MNISTDataModule
 from mlplab.errors import ConfigError
+from mlplab.rules import check
 from mlplab.figures import confusion_matrix_figure, image_grid_figure, to_display
 from mlplab.pipeline import build_datamodule, build_trainer
 from mlplab.tensorboard_extras import tensorboard_writers
@@ -108,9 +109,7 @@ class ErrorAnalysis(L.Callback):
     """
 
     def __init__(self, splits: Sequence[str] = ("test",), max_mistakes: int = 32) -> None:
-        unknown = set(splits) - set(SPLITS.values())
-        if unknown:
-            raise ConfigError(f"ErrorAnalysis splits {sorted(unknown)} are not known; choose from val, test")
+        check({"callbacks.error_analysis.splits": list(splits), "callbacks.error_analysis.max_mistakes": max_mistakes})
         self.splits, self.max_mistakes = tuple(splits), max_mistakes
         self.reports: dict[str, ClassificationReport] = {}
         self._split: str | None = None
@@ -193,8 +192,7 @@ def evaluation_datamodule(cfg: DictConfig, trained: TrainedClassifier) -> MNISTD
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; print the scores, write metrics.json, per_class.csv,
     confusion_matrix.png and misclassified.png to ``cfg.output_dir``."""
-    if cfg.split not in SPLITS.values():
-        raise ConfigError(f"split={cfg.split!r} is not known; choose test (the official test set) or val")
+    check({"split": cfg.split, "top_confused": cfg.top_confused})
     trained = load_trained_from_config(cfg)
     datamodule = evaluation_datamodule(cfg, trained)
     trainer = build_trainer(cfg)

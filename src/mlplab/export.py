@@ -104,8 +104,7 @@ def run_exported(path: Path, images: torch.Tensor) -> torch.Tensor:
 
 def export(cfg: DictConfig) -> Path:
     """Write ``cfg.ckpt_path`` as a standalone ``cfg.format`` file, then check it reproduces the checkpoint's logits."""
-    if cfg.format not in FORMATS:
-        raise ConfigError(f"format={cfg.format!r} is not known; choose {' or '.join(FORMATS)}")
+    check({"format": cfg.format, "output": cfg.get("output")})
     trained = load_trained_from_config(cfg)
     path = Path(cfg.output) if cfg.get("output") else Path(cfg.output_dir) / f"model{FORMATS[cfg.format]}"
     if path.suffix != FORMATS[cfg.format]:

@@ -37,6 +37,7 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from mlplab.errors import UserError
+from mlplab.rules import check
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class StopOnDivergence(L.Callback):
     """Ends training with a TrainingDiverged error naming the epoch and step of the first diverged loss."""
 
     def __init__(self, check_every_n_steps: int = 50, max_loss_vs_chance: float = 100.0) -> None:
+        check({"callbacks.stop_on_divergence.check_every_n_steps": check_every_n_steps,
+               "callbacks.stop_on_divergence.max_loss_vs_chance": max_loss_vs_chance})
         self.check_every_n_steps = check_every_n_steps
         self.max_loss_vs_chance = max_loss_vs_chance
         self._max_loss = math.inf

@@ -24,6 +24,7 @@ from mlplab.errors import ConfigError
 from mlplab.module import ClassifierModule
 from mlplab.pipeline import build_datamodule, build_module, build_trainer, compile_network, fit_and_report, start_run
 from mlplab.pretrained import PretrainedNet, load_pretrained
+from mlplab.rules import check, problem
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +42,14 @@ def hidden_layers(backbone: nn.Sequential) -> list[list[nn.Module]]:
 
 def frozen_layer_count(freeze: Any, available: int) -> int:
     """``finetune.freeze`` as a number of leading hidden layers: none -> 0, backbone -> all of them."""
+    check({"finetune.freeze": freeze})
     if freeze in (None, "none"):
         return 0
     if freeze == "backbone":
         return available
-    if isinstance(freeze, int) and not isinstance(freeze, bool) and 0 <= freeze <= available:
-        return freeze
-    raise ConfigError(f"finetune.freeze={freeze!r} must be none, backbone or a number of hidden layers from 0 to {available}")
+    if freeze > available:
+        raise ConfigError(problem("finetune.freeze", freeze, f"at most the {available} hidden layers of the pretrained network"))
+    return freeze
 
 
 class LayerFreezing(BaseFinetuning):
@@ -80,11 +82,12 @@ def layer_freezing(settings: DictConfig, net: nn.Module, max_epochs: int | None)
     """The freezing callback ``finetune.freeze`` and ``finetune.unfreeze_at_epoch`` ask for, if any."""
     num_layers = frozen_layer_count(settings.freeze, len(hidden_layers(net.backbone)))
     unfreeze = settings.unfreeze_at_epoch
+    check({"finetune.unfreeze_at_epoch": unfreeze})
     if unfreeze is not None:
         if num_layers == 0:
             raise ConfigError(f"finetune.unfreeze_at_epoch={unfreeze} needs frozen layers: finetune.freeze=backbone or a number")
         last_epoch = max_epochs - 1 if max_epochs and max_epochs > 0 else float("inf")  # -1 / null: no limit
-        if not isinstance(unfreeze, int) or not 1 <= unfreeze <= last_epoch:
+        if unfreeze > last_epoch:
             raise ConfigError(f"finetune.unfreeze_at_epoch={unfreeze} must be a whole epoch >= 1 and < "
                               f"trainer.max_epochs={max_epochs} (epochs count from 0)")
     return LayerFreezing(num_layers, unfreeze) if num_layers else None
@@ -92,8 +95,7 @@ def layer_freezing(settings: DictConfig, net: nn.Module, max_epochs: int | None)
 
 def head_is_reset(reset_head: Any, pretrained_classes: int, data_classes: int) -> bool:
     """``finetune.reset_head``: auto replaces the head exactly when the number of classes differs."""
-    if reset_head not in ("auto", True, False):
-        raise ConfigError(f"finetune.reset_head={reset_head!r} must be auto, true or false")
+    check({"finetune.reset_head": reset_head})
     if reset_head is False and pretrained_classes != data_classes:
         raise ConfigError(f"finetune.reset_head=false, but the pretrained head has {pretrained_classes} classes and the "
                           f"data {data_classes}; use auto or true")

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from mlplab.errors import ConfigError
+from mlplab.rules import check
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -35,12 +35,8 @@ class MLP(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        if activation not in ACTIVATIONS:
-            raise ConfigError(f"model.activation={activation!r} is not known; choose one of {', '.join(ACTIVATIONS)}")
-        if not 0 <= dropout < 1:
-            raise ConfigError(f"model.dropout={dropout} must be in [0, 1)")
-        if any(int(width) < 1 for width in hidden_dims):
-            raise ConfigError(f"model.hidden_dims={list(hidden_dims)} must be positive layer widths")
+        check({"model.hidden_dims": list(hidden_dims), "model.activation": activation, "model.dropout": dropout,
+               "model.batch_norm": batch_norm})
         layers: list[nn.Module] = [nn.Flatten()]
         width_in = in_features
         for width in hidden_dims:

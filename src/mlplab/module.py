@@ -18,6 +18,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mlplab.errors import ConfigError
+from mlplab.rules import check
 
 # Keys of a scheduler's arguments that mean "the length of the whole run" when left null.
 RUN_LENGTH_KEYS = ("T_max", "total_steps", "total_iters")
@@ -36,12 +37,8 @@ class ClassifierModule(L.LightningModule):
         backbone_lr_scale: float = 1.0,
     ) -> None:
         super().__init__()
-        if not backbone_lr_scale > 0:
-            raise ConfigError(f"finetune.backbone_lr_scale={backbone_lr_scale} must be > 0 (finetune.freeze stops layers)")
-        if l1 < 0:
-            raise ConfigError(f"regularization.l1={l1} must be >= 0")
-        if not 0 <= label_smoothing < 1:
-            raise ConfigError(f"regularization.label_smoothing={label_smoothing} must be in [0, 1)")
+        check({"regularization.l1": l1, "regularization.label_smoothing": label_smoothing,
+               "finetune.backbone_lr_scale": backbone_lr_scale})
         self.save_hyperparameters()
         self.net = instantiate(net)
         num_classes = net["num_classes"]

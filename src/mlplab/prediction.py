@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from mlplab.trained import load_trained_from_config
 from mlplab.errors import ConfigError, DataError, UserError
 from mlplab.figures import image_grid_figure
+from mlplab.rules import check, problem
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +113,14 @@ def to_model_input(gray: torch.Tensor, invert: bool | str = "auto", fit: bool = 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     """Top-k classes for each picture in ``cfg.inputs``: printed, and written to ``predictions.csv`` next to
     ``model_inputs.png`` (the first pictures as the network saw them) in ``cfg.output_dir``."""
-    if cfg.invert not in ("auto", True, False):
-        raise ConfigError(f"invert={cfg.invert!r} is not allowed; choose auto, true or false")
+    check({key: cfg.get(key) for key in ("invert", "top_k", "fit", "box")})
     trained = load_trained_from_config(cfg)
     if OmegaConf.is_missing(cfg, "inputs"):
         raise UserError("inputs=<picture, folder or pattern> is required, e.g. inputs=my_digit.png or inputs=pictures/")
     info, size = trained.info, trained.info.image_shape[-1]
     names = trained.class_names
-    if not 1 <= cfg.top_k <= len(names):
-        raise ConfigError(f"top_k={cfg.top_k} must be between 1 and {len(names)} (the number of classes)")
+    if cfg.top_k > len(names):
+        raise ConfigError(problem("top_k", cfg.top_k, f"at most {len(names)} (the number of classes)"))
     paths = find_images(cfg.inputs)
     box = cfg.get("box") or FIT_BOX.get(trained.dataset, size)
     pictures = torch.stack([to_model_input(read_grayscale(p), cfg.invert, cfg.fit, box, size) for p in paths])
