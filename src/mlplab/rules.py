@@ -254,6 +254,8 @@ RULES: dict[str, Rule] = {
     "hydra.sweeper.n_trials": count,
     "hydra.sweeper.n_jobs": count,
     "hydra.sweeper.max_failure_rate": number(lambda v: 0 <= v <= 1, "a number in [0, 1]"),
+    "hydra.sweeper.search_space": or_null((lambda v: isinstance(v, Mapping), "a mapping"), "(use params)"),
+    "hydra.sweeper.custom_search_space": or_null(text, "for none"),
     "hydra.sweeper.sampler.seed": or_null(seed, "for random"),
     "hydra.sweeper.sampler.n_startup_trials": non_negative_integer,
     "hydra.sweeper.sampler.n_ei_candidates": count,

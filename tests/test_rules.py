@@ -1,0 +1,104 @@
+"""Every key a user can type has one rule, checked when the config is composed and by the object it builds."""
+
+from __future__ import annotations
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig, open_dict
+
+from conftest import CONF_DIR, compose_train
+from mlplab.augment import BatchAffine
+from mlplab.config import validate, validate_sweep
+from mlplab.data import MNISTDataModule
+from mlplab.errors import ConfigError
+from mlplab.models import MLP
+from mlplab.rules import rule_for
+
+SMALL = ["data.val_size=100", "data.batch_size=32"]
+ENTRY_POINTS = {
+    "train": [[f"{group}={option}"] for group in ("optimizer", "scheduler", "trainer", "logger")
+              for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))] + [["hparams_search=mlp_optuna"]],
+    "finetune": [[]], "eval": [[], ["data=mnist"]], "predict": [[]], "export": [[]],
+}
+
+
+def typed_keys(node: DictConfig, path: str = "") -> list[str]:
+    keys = []
+    for key in node.keys():
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_none():
+            keys += typed_keys(child, f"{path}{key}.")
+        elif key != "_target_":
+            keys.append(f"{path}{key}")
+    return keys
+
+
+def test_every_key_of_every_entry_point_has_a_rule():
+    without_rule = set()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        for name, choices in ENTRY_POINTS.items():
+            for overrides in choices:
+                cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+                keys = typed_keys(cfg)
+                keys = [k for k in keys if not k.startswith("hydra.") or (k.startswith("hydra.sweeper.")
+                        and not k.startswith("hydra.sweeper.params.") and "optuna" in str(cfg.hydra.sweeper.get("_target_")))]
+                without_rule |= {key for key in keys if rule_for(key) is None}
+    assert not without_rule
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["optimizer.lr=inf"], "optimizer.lr=inf must be a number > 0"),
+    (["optimizer.lr=nan"], "optimizer.lr=nan must be a number > 0"),
+    (["data.batch_size=100000000", "data.val_size=100"],
+     "data.batch_size=100000000 must be at most the 500 images of the training split"),
+    (["scheduler=cosine", "scheduler.scheduler.T_max=-3"], "scheduler.scheduler.T_max=-3 must be an integer >= 1"),
+    (["data.classes=[3,12]"], "data.classes=[3, 12] must be at least two distinct labels from 0 to 9 (mnist has 10 classes)"),
+    (["+data.num_folds=601", "+data.fold=0"], "data.num_folds=601 must be at most the 600 training images"),
+    (["trainer.devices=64"], "trainer.devices=64 must be at most"),
+    (["trainer=gpu"], "needs a GPU, but this machine has"),
+    (["trainer.log_every_n_steps=0"], "trainer.log_every_n_steps=0 must be an integer >= 1"),
+    (["callbacks.model_checkpoint.monitor=val/accuracy"], "callbacks.model_checkpoint.monitor='val/accuracy' must be one of val/acc"),
+    (["seed=-1"], "seed=-1 must be an integer in [0, 2**32)"),
+])
+def test_meaningless_values_are_refused_before_the_run(overrides, message, data_dir):
+    with pytest.raises(ConfigError) as err:
+        validate(compose_train([*SMALL, *overrides, f"data.data_dir={data_dir}"]))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_devices_are_counted_against_this_machine(data_dir, monkeypatch):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    with pytest.raises(ConfigError, match=r"trainer.devices=64 must be at most 2 CPU processes, one per core here "
+                                          r"\(this machine has 2 CPU cores and no GPUs\)"):
+        validate(compose_train([*SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=64",
+                                f"data.data_dir={data_dir}"]))
+    validate(compose_train([*SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"data.data_dir={data_dir}"]))
+
+
+def test_the_search_space_of_a_sweep_is_checked(data_dir):
+    cfg = compose_train([*SMALL, f"data.data_dir={data_dir}"])
+    with open_dict(cfg):
+        cfg.hydra = {"sweeper": {"n_trials": 0, "params": {"model.dropout": "interval(0.0, 1.5)", "data.batch_size": "choice(32, 0)"}},
+                     "overrides": {"task": []}, "runtime": {"choices": {}}}
+    with pytest.raises(ConfigError) as err:
+        validate_sweep(cfg)
+    assert str(err.value) == ("hydra.sweeper.n_trials=0 must be an integer >= 1; hydra.sweeper.params.model.dropout=1.5 must be "
+                              "a number in [0, 1) (in the search space); hydra.sweeper.params.data.batch_size=0 must be an "
+                              "integer >= 1 (in the search space)")
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: MLP(784, 10, dropout=1.5), "model.dropout=1.5 must be a number in [0, 1)"),
+    (lambda: BatchAffine(scale=float("inf")), "data.augment.scale=inf must be a number in [0, 1)"),
+    (lambda: MNISTDataModule(batch_size=0, classes=[1, 1]), "data.batch_size=0 must be an integer >= 1"),
+])
+def test_objects_built_outside_hydra_get_the_same_rule_and_words(build, message, data_dir):
+    with pytest.raises(ConfigError) as err:
+        build()
+    assert message in str(err.value)
+    key = message.split("=")[0]
+    value = message.split("=")[1].split(" must")[0].replace("inf", "inf")
+    composed = compose_train([*SMALL, f"{key}={value}", f"data.data_dir={data_dir}"])
+    with pytest.raises(ConfigError) as from_config:
+        validate(composed)
+    assert message in str(from_config.value)  # the same line for `python train.py model.dropout=1.5`
