@@ -67,6 +67,15 @@ def compose_train(overrides: list[str] = (), output_dir: Path | None = None) -> 
     return cfg
 
 
+def compose_entry(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """The config `python <config_name>.py <overrides>` would run, with output_dir set outside Hydra's runtime."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    with open_dict(cfg):
+        cfg.output_dir = str(output_dir)
+    return cfg
+
+
 def run_script(script: str, *args: str, data_dir: Path | str) -> subprocess.CompletedProcess:
     """Run an entry point (`python train.py ...`) as a user would, with DATA_DIR pointing at data_dir."""
     env = os.environ | {"DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"}

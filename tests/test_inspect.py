@@ -16,11 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
 from PIL import Image
 
-from conftest import CONF_DIR, compose_train, run_script
+from conftest import compose_entry, compose_train, run_script
 from mlplab.trained import load_trained
 from mlplab.data import load_split
 from mlplab.errors import DataError, UserError
@@ -31,15 +29,6 @@ from mlplab.prediction import predict, read_grayscale, to_model_input
 
 TINY = ["trainer.max_epochs=2", "data.val_size=100", "data.batch_size=32", "trainer.enable_model_summary=false",
         "trainer.enable_progress_bar=false", "callbacks.progress_bar=null"]
-
-
-def compose_entry(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """The config `python <config_name>.py <overrides>` would run, with output_dir set outside Hydra's runtime."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides)
-    with open_dict(cfg):
-        cfg.output_dir = str(output_dir)
-    return cfg
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ import lightning as L
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from matplotlib.figure import Figure
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassConfusionMatrix,
@@ -29,7 +29,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from mlplab.trained import TrainedClassifier, load_trained_from_config
+from mlplab.trained import TrainedClassifier, load_trained_from_config, refuse_misfit
 from mlplab.data import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.rules import check
@@ -183,10 +183,9 @@ def evaluation_datamodule(cfg: DictConfig, trained: TrainedClassifier) -> MNISTD
     or, when the user picked ``data=<name>``, that config as it stands."""
     if cfg.get("data") is None:
         return MNISTDataModule(**(trained.data_hparams | {"data_dir": cfg.data_dir, "augment": None}))
-    datamodule = build_datamodule(cfg)
-    if datamodule.hparams.dataset != trained.dataset:
-        log.warning("the checkpoint was trained on %s; evaluating it on %s", trained.dataset, datamodule.hparams.dataset)
-    return datamodule
+    refuse_misfit(cfg.ckpt_path, None, OmegaConf.to_container(cfg.data, resolve=True), keys=("data.dataset", "data.classes"),
+                  group_is_optional=True)
+    return build_datamodule(cfg)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

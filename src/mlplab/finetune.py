@@ -25,6 +25,7 @@ from mlplab.module import ClassifierModule
 from mlplab.pipeline import build_datamodule, build_module, build_trainer, compile_network, fit_and_report, start_run
 from mlplab.pretrained import PretrainedNet, load_pretrained
 from mlplab.rules import check, problem
+from mlplab.trained import refuse_misfit
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +129,8 @@ def finetune(cfg: DictConfig) -> float:
     start_run(cfg)
     datamodule = build_datamodule(cfg)
     module, reset_head = pretrained_module(cfg, datamodule, pretrained)
+    if cfg.get("ckpt_path"):
+        refuse_misfit(cfg.ckpt_path, module.hparams.net, dict(datamodule.hparams))
     freezing = layer_freezing(cfg.finetune, module.net, cfg.trainer.max_epochs)
     trainer = build_trainer(cfg, extra_callbacks=[freezing] if freezing else [])
     compile_network(cfg, module)

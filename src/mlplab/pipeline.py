@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlplab.config import validate
 from mlplab.data import MNISTDataModule
 from mlplab.module import ClassifierModule
+from mlplab.trained import refuse_misfit
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,8 @@ def train(cfg: DictConfig) -> float:
     """
     validate(cfg)
     datamodule, module, trainer = build(cfg)
+    if cfg.get("ckpt_path"):
+        refuse_misfit(cfg.ckpt_path, module.hparams.net, dict(datamodule.hparams))
     return fit_and_report(cfg, trainer, module, datamodule)
 
 

@@ -7,6 +7,9 @@ exact validation split come with the weights: nobody has to repeat them on the c
 
 from __future__ import annotations
 
+import shlex
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +17,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mlplab.data import DATASETS, DatasetInfo, class_names
-from mlplab.errors import UserError
+from mlplab.errors import ConfigError, UserError
+from mlplab.faults import command_line_overrides
 from mlplab.module import ClassifierModule
 from mlplab.pretrained import read_weights_only
+from mlplab.rules import shown
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,52 @@ def load_trained(ckpt_path: str | Path) -> TrainedClassifier:
                         "and dataset (write one with train.py)")
     module = ClassifierModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     return TrainedClassifier(module.eval(), dict(data))
+
+
+# What a checkpoint's weights and labels depend on: a run resumed or evaluated with other values cannot use them.
+FITTING_KEYS = {"model.hidden_dims": ("net", "hidden_dims"), "model.activation": ("net", "activation"),
+                "model.batch_norm": ("net", "batch_norm"), "data.dataset": ("data", "dataset"),
+                "data.classes": ("data", "classes")}
+
+
+def refuse_misfit(ckpt_path: str | Path, net: dict[str, Any] | None, data: dict[str, Any],
+                  keys: Sequence[str] = tuple(FITTING_KEYS), group_is_optional: bool = False) -> None:
+    """ConfigError naming every value of ``keys`` where the checkpoint and this command differ (the checkpoint's
+    ``model.hidden_dims=[512, 256]`` vs this command's ``[128]``), with the command that fits it: this one
+    without the overrides that changed those values (and, where the group is optional, as ``data`` is in
+    eval.py, without the keys of a group it no longer chooses)."""
+    raw = read_weights_only(Path(str(ckpt_path)), key="ckpt_path")
+    saved = {"net": (raw.get("hyper_parameters") or {}).get("net") or {}, "data": raw.get("datamodule_hyper_parameters") or {}}
+    current = {"net": net or {}, "data": data}
+    differences = []
+    for key in keys:
+        part, name = FITTING_KEYS[key]
+        if name not in saved[part] or name not in current[part]:
+            continue
+        before, now = plain(saved[part][name]), plain(current[part][name])
+        if before != now:
+            differences.append((key, before, now))
+    if not differences:
+        return
+    what = "; ".join(f"the checkpoint's {key}={shown(before)} vs this command's {shown(now)}" for key, before, now in differences)
+    changed = {key for key, _, _ in differences}
+    arguments = command_line_overrides()
+    dropped_groups = {arg.split("=", 1)[0].lstrip("+") for arg in arguments if overrides_any(arg, changed) and "." not in arg.split("=", 1)[0]}
+    kept = [arg for arg in arguments if not overrides_any(arg, changed)
+            and not (group_is_optional and arg.split(".", 1)[0] in dropped_groups)]
+    raise ConfigError(f"ckpt_path={ckpt_path} does not fit this config: {what}; run it with: "
+                      f"{shlex.join(['python', Path(sys.argv[0]).name, *kept])}")
+
+
+def plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple | list) else value
+
+
+def overrides_any(arg: str, keys: set[str]) -> bool:
+    """Whether a command-line override sets one of ``keys``: itself (``model.hidden_dims=[128]``), its group
+    (``data=fashion_mnist`` for ``data.dataset``) or an experiment, which may set anything."""
+    name = arg.split("=", 1)[0].lstrip("+~")
+    return any(key == name or key.startswith(name + ".") for key in keys) or name.startswith("experiment")
 
 
 def load_trained_from_config(cfg: DictConfig) -> TrainedClassifier:
