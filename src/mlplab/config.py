@@ -25,6 +25,7 @@ from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -192,6 +193,8 @@ def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides
     Called by the entry points before ``hydra.main`` composes anything. Groups that live outside ``conf/``
     (``hydra/launcher=joblib`` comes from a plugin), ``hydra.*`` keys and keys added with ``+`` are left to Hydra.
     """
+    config_dirs = [Path(config_dir).resolve(), *extra_config_dirs(overrides)]
+    refuse_broken_config_files(config_dirs)
     parsed = []
     for text in overrides:
         if text.startswith("-") or "=" not in text:
@@ -205,13 +208,40 @@ def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides
     is_group = lambda o: (config_dir / o.key_or_group).is_dir()  # noqa: E731
     for override in parsed:
         if is_group(override) and not override.is_delete():
-            options = sorted(p.stem for p in (config_dir / override.key_or_group).glob("*.yaml"))
+            options = sorted({p.stem for folder in config_dirs for p in (folder / override.key_or_group).glob("*.yaml")})
             for option in swept_values(override):
                 if option is not None and str(option) not in options:
                     exit_with(ConfigError(f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"))
     keys = [o for o in parsed if not (is_group(o) or o.is_add() or o.is_force_add() or o.is_delete())]
     if keys:
         refuse_unknown_keys(config_dir, config_name, [o for o in parsed if is_group(o)], keys)
+
+
+def refuse_broken_config_files(config_dirs: Sequence[Path]) -> None:
+    """A config file that is not YAML (an edit left half done) ends in one line naming it and the place, where
+    Hydra would print the YAML parser's traceback. Every file is read (a few KB each), before anything starts."""
+    for folder in config_dirs:
+        for path in sorted(folder.rglob("*.yaml")):
+            try:
+                yaml.safe_load(path.read_text())
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+                reason = " ".join(str(getattr(err, "problem", None) or err).split())
+                exit_with(ConfigError(f"{path} is not valid YAML: {reason}{where}; fix or remove it"))
+            except (OSError, UnicodeDecodeError) as err:
+                exit_with(ConfigError(f"{path} cannot be read as a text config file ({err}); fix or remove it"))
+
+
+def extra_config_dirs(arguments: Sequence[str]) -> list[Path]:
+    """Folders added with ``--config-dir DIR`` (``-cd``): their group options are options too."""
+    found = []
+    for i, argument in enumerate(arguments):
+        if argument in ("--config-dir", "-cd") and i + 1 < len(arguments):
+            found.append(Path(arguments[i + 1]).resolve())
+        elif argument.startswith("--config-dir="):
+            found.append(Path(argument.split("=", 1)[1]).resolve())
+    return found
 
 
 def swept_values(override: Any) -> list[Any]:

@@ -59,6 +59,9 @@ def read_grayscale(path: Path) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             image.load()
+    except Image.DecompressionBombError as err:  # PIL's guard against pictures that decode to gigabytes: kept
+        raise DataError(f"{path} is refused: {' '.join(str(err).split())} (PIL's limit, Image.MAX_IMAGE_PIXELS); "
+                        "shrink the picture first") from err
     except (OSError, UnidentifiedImageError) as err:
         raise DataError(f"{path} is not a readable image ({' '.join(str(err).split())})") from err
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:

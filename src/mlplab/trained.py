@@ -68,6 +68,9 @@ def refuse_misfit(ckpt_path: str | Path, net: dict[str, Any] | None, data: dict[
     without the overrides that changed those values (and, where the group is optional, as ``data`` is in
     eval.py, without the keys of a group it no longer chooses)."""
     raw = read_weights_only(Path(str(ckpt_path)), key="ckpt_path")
+    if not isinstance(raw, dict) or "state_dict" not in raw or "hyper_parameters" not in raw:
+        raise UserError(f"ckpt_path={ckpt_path} is not a checkpoint written by train.py or finetune.py (it holds no "
+                        "state_dict and hyper_parameters): resume from <run>/checkpoints/last.ckpt")
     saved = {"net": (raw.get("hyper_parameters") or {}).get("net") or {}, "data": raw.get("datamodule_hyper_parameters") or {}}
     current = {"net": net or {}, "data": data}
     differences = []
