@@ -157,3 +157,60 @@ def command_line_overrides() -> list[str]:
     if HydraConfig.initialized():
         return list(HydraConfig.get().overrides.task)
     return sys.argv[1:]
+
+
+class WorkerLost(UserError):
+    """A DDP rank died or stopped answering, so the others cannot continue."""
+
+
+def worker_processes(trainer: L.Trainer) -> list[Any]:
+    """The ``subprocess.Popen`` of each DDP worker this process started (local rank i+1 at index i), or [].
+
+    Private Lightning API, isolated here: ``_SubprocessScriptLauncher.procs`` is the only record of which
+    process is which rank (tests/test_distributed.py fails loudly if it disappears)."""
+    launcher = getattr(trainer.strategy, "launcher", None)
+    return list(getattr(launcher, "procs", None) or [])
+
+
+def process_state(pid: int) -> str:
+    """``T`` (stopped), ``Z`` (dead), ``R``/``S`` (alive)... from /proc; '' where there is no /proc."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def lost_workers(trainer: L.Trainer, error: BaseException, timeout_s: float | None = None) -> WorkerLost:
+    """The error a failed collective becomes: which rank was lost and how, what was kept. Workers still there
+    (stopped, or stuck elsewhere) are killed, so nothing is left running."""
+    waited = f"{timeout_s:g} s (trainer.strategy.timeout.seconds)" if timeout_s else "the process group's timeout"
+    lost = []
+    for local_rank, proc in enumerate(worker_processes(trainer), start=1):
+        code, state = proc.poll(), process_state(proc.pid)
+        if code is not None:
+            how = f"ended by signal {-code}" if code < 0 else f"exited with status {code}"
+        elif state == "T":
+            how = f"stopped (not answering for {waited})"
+        else:
+            continue
+        lost.append(f"rank {trainer.node_rank * trainer.num_devices + local_rank} (PID {proc.pid}) {how}")
+    for proc in worker_processes(trainer):
+        if proc.poll() is None:
+            proc.kill()
+    if trainer.global_rank != 0:
+        who = "rank 0, or another rank, ended or stopped answering"
+    else:
+        who = "; ".join(lost) or f"a rank on another node ended or stopped answering within {waited}"
+    reason = " ".join(str(error).split())[:160]
+    return WorkerLost(f"distributed training lost a worker: {who}; rank {trainer.global_rank} stopped at epoch "
+                      f"{trainer.current_epoch}, step {trainer.global_step} ({type(error).__name__}: {reason}): "
+                      f"{kept_checkpoint(trainer)}")
+
+
+def is_collective_failure(error: BaseException) -> bool:
+    """What torch.distributed raises when a peer is gone: DistBackendError, or gloo's RuntimeErrors about the
+    connection or a timeout."""
+    if isinstance(error, torch.distributed.DistError):
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and ("gloo" in text or "NCCL" in text or "Timed out" in text)

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlplab.config import validate
 from mlplab.data import MNISTDataModule
+from mlplab.faults import is_collective_failure, lost_workers
 from mlplab.module import ClassifierModule
 from mlplab.trained import refuse_misfit
 
@@ -131,7 +132,12 @@ def fit_and_report(
     (with ``extra_metrics`` appended) and log where the run went. Returns the best checkpoint's monitored metric."""
     output_dir = Path(cfg.output_dir)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except Exception as err:
+        if trainer.world_size > 1 and is_collective_failure(err):
+            raise lost_workers(trainer, err, OmegaConf.select(cfg, "trainer.strategy.timeout.seconds", default=None)) from err
+        raise
     train_time = time.perf_counter() - start
 
     checkpoint = trainer.checkpoint_callback

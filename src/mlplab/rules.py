@@ -184,6 +184,8 @@ RULES: dict[str, Rule] = {
                         or list_of(non_negative_integer, "")[0](v) and len(v) >= 1,
                         "auto, -1 (all), a number >= 1 or a list of device indices"),
     "trainer.strategy": one_of(("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook", "fsdp")),
+    "trainer.strategy.timeout.seconds": number(lambda v: v >= 1, "a number of seconds >= 1"),
+    "trainer.strategy.find_unused_parameters": boolean,
     "trainer.num_nodes": count,
     "trainer.sync_batchnorm": boolean,
     "trainer.precision": one_of(PRECISIONS),

@@ -15,6 +15,7 @@ command ``mlplab.faults.ReportInterruption`` prints).
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from pathlib import Path
@@ -29,9 +30,16 @@ RUN_RECORDS = (".hydra", "metrics.json", "multirun.yaml")  # what a finished (or
 
 
 def new_unique_dir(parent: str) -> str:
-    """Create ``<parent>/<time>_<random suffix>`` (never an existing one) and return its path."""
+    """Create ``<parent>/<time>_<random suffix>`` (never an existing one) and return its path.
+
+    Under ``srun`` with several tasks (a multi-node run: README, "Multi-node and cluster runs") every task composes
+    the config itself; they share ``<parent>/slurm-<job id>.<step id>``, which only that job step uses."""
     root = Path(parent)
     root.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("SLURM_NTASKS", "1")) > 1 and "SLURM_JOB_ID" in os.environ:
+        shared = root / f"slurm-{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_STEP_ID', '0')}"
+        shared.mkdir(exist_ok=True)
+        return str(shared)
     while True:
         path = root / f"{time.strftime('%Y-%m-%d_%H-%M-%S')}_{secrets.token_hex(3)}"
         try:
@@ -53,6 +61,8 @@ def refuse_used_dir(config: DictConfig, key: str) -> None:
         raw = raw.get(part) if isinstance(raw, dict) else None
     if raw is None or f"${{{RESOLVER}:" in str(raw):
         return  # a new directory of its own
+    if os.environ.get("LOCAL_RANK", "0") != "0":
+        return  # a DDP worker Lightning started, pointed at the directory its rank 0 has just begun
     directory = Path(str(OmegaConf.select(config, key)))
     found = [name for name in RUN_RECORDS if (directory / name).exists()]
     if not found:
