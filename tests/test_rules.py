@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
@@ -12,6 +13,7 @@ from mlplab.config import validate, validate_sweep
 from mlplab.data import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.models import MLP
+from mlplab.pipeline import build_datamodule, build_module
 from mlplab.rules import rule_for
 
 SMALL = ["data.val_size=100", "data.batch_size=32"]
@@ -102,3 +104,14 @@ def test_objects_built_outside_hydra_get_the_same_rule_and_words(build, message,
     with pytest.raises(ConfigError) as from_config:
         validate(composed)
     assert message in str(from_config.value)  # the same line for `python train.py model.dropout=1.5`
+
+
+def test_a_one_cycle_schedule_too_short_to_warm_up_is_refused(data_dir, tmp_path):
+    """1 epoch of 5 batches at pct_start=0.2 is one warm-up step: torch's OneCycleLR would divide by zero."""
+    cfg = compose_train(["data.val_size=100", "data.batch_size=100", "scheduler=onecycle", f"data.data_dir={data_dir}"], tmp_path)
+    module = build_module(cfg, build_datamodule(cfg))
+    module.trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(module.trainer), "estimated_stepping_batches", property(lambda self: 5))
+        with pytest.raises(ConfigError, match=r"scheduler.scheduler.pct_start=0.2 must be more than one warm-up step of the 5 steps"):
+            module.configure_optimizers()

@@ -18,7 +18,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from mlplab.errors import ConfigError
-from mlplab.rules import check
+from mlplab.rules import check, problem
 
 # Keys of a scheduler's arguments that mean "the length of the whole run" when left null.
 RUN_LENGTH_KEYS = ("T_max", "total_steps", "total_iters")
@@ -114,6 +114,10 @@ class ClassifierModule(L.LightningModule):
         per_step = lightning_config.get("interval", "epoch") == "step"
         run_length = self.trainer.estimated_stepping_batches if per_step else self.trainer.max_epochs
         self._run_length_keys = {key: int(run_length) for key in RUN_LENGTH_KEYS if key in scheduler_args and scheduler_args[key] is None}
+        total, warm_up = (scheduler_args | self._run_length_keys).get("total_steps"), scheduler_args.get("pct_start")
+        if total and warm_up is not None and warm_up * total <= 1:  # OneCycleLR divides by (warm-up steps - 1)
+            raise ConfigError(problem("scheduler.scheduler.pct_start", warm_up, f"more than one warm-up step of the {total} "
+                                      "steps of this run; raise trainer.max_epochs, lower data.batch_size or use scheduler=none"))
         scheduler = instantiate(scheduler_args | self._run_length_keys, optimizer=optimizer, _convert_="all")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **lightning_config}}
 

@@ -61,8 +61,8 @@ def refuse_used_dir(config: DictConfig, key: str) -> None:
         raw = raw.get(part) if isinstance(raw, dict) else None
     if raw is None or f"${{{RESOLVER}:" in str(raw):
         return  # a new directory of its own
-    if os.environ.get("LOCAL_RANK", "0") != "0":
-        return  # a DDP worker Lightning started, pointed at the directory its rank 0 has just begun
+    if any(os.environ.get(rank, "0") != "0" for rank in ("LOCAL_RANK", "RANK", "SLURM_PROCID")):
+        return  # a DDP worker (Lightning's, srun's or torchrun's), in the directory its rank 0 has just begun
     directory = Path(str(OmegaConf.select(config, key)))
     found = [name for name in RUN_RECORDS if (directory / name).exists()]
     if not found:
