@@ -35,7 +35,7 @@ class MLP(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        check({"model.hidden_dims": list(hidden_dims), "model.activation": activation, "model.dropout": dropout,
+        check({"model.hidden_dims": hidden_dims, "model.activation": activation, "model.dropout": dropout,
                "model.batch_norm": batch_norm})
         layers: list[nn.Module] = [nn.Flatten()]
         width_in = in_features
