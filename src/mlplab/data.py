@@ -24,7 +24,7 @@ from torchvision import datasets, transforms
 
 from mlplab.augment import BatchAffine
 from mlplab.errors import ConfigError, DataError
-from mlplab.rules import check, problem, split_problems
+from mlplab.rules import check, split_problems
 from mlplab.idx import check_split
 
 
@@ -273,9 +273,6 @@ class MNISTDataModule(L.LightningDataModule):
         else:
             train_idx, val_idx = split_folds(labels, self.hparams.num_folds, self.hparams.fold, self.hparams.split_seed)
         train_idx, val_idx, test_idx = self._select(labels, test_labels, train_idx, val_idx)
-        if self.hparams.batch_size > len(train_idx):  # data.classes, samples_per_class or train_fraction left fewer
-            raise ConfigError(problem("data.batch_size", self.hparams.batch_size,
-                                      f"at most the {len(train_idx)} images of the training split"))
         if self.hparams.loader == "torchvision":
             self._setup_torchvision(train_idx, val_idx, test_idx)
             return

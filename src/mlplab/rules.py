@@ -148,7 +148,7 @@ RULES: dict[str, Rule] = {
     "data.seed": seed,
     "data.num_workers": non_negative_integer,
     "data.download": boolean,
-    "data.classes": or_null(list_of(non_negative_integer, "a list of at least two distinct labels", 2), "for every label"),
+    "data.classes": or_null(list_of(non_negative_integer, "a list of labels"), "for every label"),
     "data.augment.enabled": boolean,
     "data.augment.translate": number(lambda v: 0 <= v < 1, "a number in [0, 1) (a fraction of the image size)"),
     "data.augment.degrees": number(lambda v: 0 <= v <= 180, "a number of degrees in [0, 180]"),
@@ -325,7 +325,7 @@ def relation_problems(values: Mapping[str, Any], prefix: str = "data.") -> list[
         from mlplab.data import DATASETS
 
         labels = len(DATASETS[dataset].class_names)
-        if len(set(classes)) != len(classes) or max(classes) >= labels:
+        if len(set(classes)) != len(classes) or len(classes) < 2 or max(classes) >= labels:
             found.append(problem(prefix + "classes", classes, f"at least two distinct labels from 0 to {labels - 1} "
                                                               f"({dataset} has {labels} classes)"))
     return found
