@@ -291,7 +291,7 @@ def test_finetune_py_writes_a_train_py_run_dir_plus_the_pretrained_accuracy(data
 
 
 def test_finetune_without_pretrained_says_it_is_required(data_dir):
-    with pytest.raises(ConfigError, match="pretrained is required"):
+    with pytest.raises(ConfigError, match=r"pretrained=null must be a checkpoint written by train.py \(required\)"):
         finetune(compose_finetune(data_dir))
 
 

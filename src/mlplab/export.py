@@ -23,6 +23,7 @@ from torch import nn
 
 from mlplab.trained import TrainedClassifier, load_trained_from_config
 from mlplab.errors import ConfigError, UserError
+from mlplab.rules import check
 
 log = logging.getLogger(__name__)
 

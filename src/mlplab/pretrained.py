@@ -15,8 +15,9 @@ from typing import Any
 
 import torch
 
-from mlplab.errors import ConfigError, UserError
+from mlplab.errors import UserError
 from mlplab.models import MLP
+from mlplab.rules import check
 
 MLP_TARGET = f"{MLP.__module__}.{MLP.__qualname__}"
 ZIP_MAGIC = b"PK\x03\x04"  # torch.save writes a zip archive
@@ -41,8 +42,7 @@ class PretrainedNet:
 
 def load_pretrained(path: str | Path | None) -> PretrainedNet:
     """Read ``path`` and check that its weights fit the MLP they describe."""
-    if path is None:
-        raise ConfigError("pretrained is required: pretrained=<run dir>/checkpoints/last.ckpt (from train.py)")
+    check({"pretrained": None if path is None else str(path)})
     path = Path(path)
     contents = read_weights_only(path, key="pretrained")
     if isinstance(contents, dict) and "state_dict" in contents:

@@ -229,7 +229,8 @@ RULES: dict[str, Rule] = {
     "logger.csv.name": (lambda v: isinstance(v, str), "a string"),
     "logger.csv.version": (lambda v: isinstance(v, str | int), "a string"),
     # finetune.py
-    "pretrained": path,
+    "pretrained": (lambda v: isinstance(v, str) and v != "",
+                   "a checkpoint written by train.py (required), e.g. pretrained=<run>/checkpoints/last.ckpt"),
     "finetune.freeze": (lambda v: v in ("none", "backbone", None) or (is_integer(v) and v >= 0),
                         "none, backbone or a number of hidden layers"),
     "finetune.unfreeze_at_epoch": or_null(count, "to keep them frozen"),
