@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONF_DIR, ROOT, compose_train, write_idx
+from conftest import CONF_DIR, compose_train
 from mlplab.config import refuse_unknown_overrides
 from mlplab.data import load_split
 from mlplab.errors import DataError, UserError

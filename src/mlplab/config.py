@@ -36,7 +36,6 @@ from mlplab.idx import read_header
 from mlplab.rules import problem, problems, relation_problems, split_problems
 from mlplab.run_dirs import refuse_used_dir
 
-ABSENT = object()
 
 
 def validate(cfg: DictConfig) -> None:
