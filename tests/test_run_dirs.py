@@ -8,9 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
+from hydra import compose, initialize_config_dir
 
-from conftest import ROOT, run_script
+from conftest import CONF_DIR, ROOT, run_script
+from mlplab.errors import ConfigError
+from mlplab.run_dirs import refuse_used_dir
 
 TINY = ["trainer.max_epochs=1", "scheduler=none", "data.val_size=100", "data.batch_size=100", "model.hidden_dims=[8]", "logger=csv",
         "num_threads=1", "trainer.precision=32-true", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
@@ -57,3 +61,20 @@ def test_a_directory_holding_another_run_is_refused_unless_resumed(data_dir, tmp
                      f"hydra.run.dir out for a new directory of its own, or to resume that run: "
                      f"ckpt_path={finished}/checkpoints/last.ckpt hydra.run.dir={finished}")
     assert sorted(p.name for p in finished.iterdir()) == before  # nothing overwritten
+
+
+def composed_with_hydra(overrides: list[str]):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
+
+
+def test_the_resume_command_may_use_its_own_run_dir_and_a_used_sweep_dir_is_refused(tmp_path, caplog):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    refuse_used_dir(composed_with_hydra([f"hydra.run.dir={run}", f"ckpt_path={run}/checkpoints/last.ckpt"]), "hydra.run.dir")
+    refuse_used_dir(composed_with_hydra([]), "hydra.run.dir")  # a new directory of its own: nothing to check
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    (sweep / "multirun.yaml").write_text("{}")
+    with pytest.raises(ConfigError, match=rf"hydra.sweep.dir={sweep} already holds another run \(multirun.yaml\)"):
+        refuse_used_dir(composed_with_hydra([f"hydra.sweep.dir={sweep}"]), "hydra.sweep.dir")
