@@ -70,7 +70,6 @@ def refuse_used_dir(config: DictConfig, key: str) -> None:
     ckpt_path = OmegaConf.select(config, "ckpt_path", default=None, throw_on_missing=False)
     if ckpt_path and directory.resolve() in Path(str(ckpt_path)).resolve().parents:
         return  # the documented resume: the run continues in its own directory
-    raise ConfigError(
-        f"{key}={directory} already holds another run ({', '.join(found)}); leave {key} out for a new directory of "
-        f"its own, or to resume that run: ckpt_path={directory}/checkpoints/last.ckpt {key}={directory}"
-    )
+    resume = f", or to resume that run: ckpt_path={directory}/checkpoints/last.ckpt {key}={directory}" if key == "hydra.run.dir" else ""
+    raise ConfigError(f"{key}={directory} already holds another run ({', '.join(found)}); leave {key} out for a new "
+                      f"directory of its own{resume}")
