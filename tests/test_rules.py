@@ -113,5 +113,5 @@ def test_a_one_cycle_schedule_too_short_to_warm_up_is_refused(data_dir, tmp_path
     module.trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(type(module.trainer), "estimated_stepping_batches", property(lambda self: 5))
-        with pytest.raises(ConfigError, match=r"scheduler.scheduler.pct_start=0.2 must be more than one warm-up step of the 5 steps"):
+        with pytest.raises(ConfigError, match=r"scheduler.scheduler.pct_start=0.2 must be other than 1/5: one warm-up step of the 5 steps of this run"):
             module.configure_optimizers()

@@ -115,9 +115,10 @@ class ClassifierModule(L.LightningModule):
         run_length = self.trainer.estimated_stepping_batches if per_step else self.trainer.max_epochs
         self._run_length_keys = {key: int(run_length) for key in RUN_LENGTH_KEYS if key in scheduler_args and scheduler_args[key] is None}
         total, warm_up = (scheduler_args | self._run_length_keys).get("total_steps"), scheduler_args.get("pct_start")
-        if total and warm_up is not None and warm_up * total <= 1:  # OneCycleLR divides by (warm-up steps - 1)
-            raise ConfigError(problem("scheduler.scheduler.pct_start", warm_up, f"more than one warm-up step of the {total} "
-                                      "steps of this run; raise trainer.max_epochs, lower data.batch_size or use scheduler=none"))
+        if total and warm_up is not None and float(warm_up * total) == 1:  # OneCycleLR divides by (warm-up steps - 1)
+            raise ConfigError(problem("scheduler.scheduler.pct_start", warm_up, f"other than 1/{total}: one warm-up step of the "
+                                      f"{total} steps of this run makes torch's OneCycleLR divide by zero; raise "
+                                      "trainer.max_epochs, lower data.batch_size or use scheduler=none"))
         scheduler = instantiate(scheduler_args | self._run_length_keys, optimizer=optimizer, _convert_="all")
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, **lightning_config}}
 
