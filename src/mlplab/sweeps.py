@@ -48,6 +48,7 @@ from mlplab.errors import ConfigError, user_error_in
 log = logging.getLogger(__name__)
 
 JOB_RECORD = "job.json"
+NOT_FAILED = ("ok", "pruned", "retried")  # statuses that leave the exit status 0
 STUDY_REPORT = "study.md"  # an optimizing sweeper's report, appended to summary.md
 FOLD_KEY = "data.fold"
 METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")
@@ -157,7 +158,7 @@ class JobResult:
 
     name: str  # the job's dir, relative to the sweep dir
     overrides: dict[str, str]
-    status: str  # ok | pruned | failed | interrupted (Ctrl-C, SIGTERM) | unfinished (no job.json: killed, or still running)
+    status: str  # ok | pruned | retried (a search ran its trial again) | failed | interrupted (Ctrl-C, SIGTERM) | unfinished (no job.json: killed, or still running)
     error: str = ""
     value: float = math.nan  # the monitored metric
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -223,7 +224,7 @@ class Summary:
 
     @property
     def failed(self) -> list[JobResult]:
-        return [job for job in self.jobs if job.status not in ("ok", "pruned")]
+        return [job for job in self.jobs if job.status not in NOT_FAILED]
 
     @property
     def pruned(self) -> list[JobResult]:

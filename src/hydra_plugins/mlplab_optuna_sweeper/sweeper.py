@@ -15,6 +15,7 @@ a command to run), ``optimization_results.yaml`` (as Hydra's Optuna sweeper writ
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -35,10 +36,16 @@ from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+try:
+    import optuna
+    from optuna.trial import TrialState
+except ImportError:  # the `sweep` extra is not installed; Hydra still imports this module whenever it starts
+    optuna = None
+
 from mlplab.config import dotted_keys, violations
 from mlplab.errors import ConfigError, exit_with
 from mlplab.studies import build_pruner, open_storage, trial_by_number
-from mlplab.sweeps import STUDY_REPORT
+from mlplab.sweeps import JOB_RECORD, STUDY_REPORT
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +79,7 @@ class SearchSpace:
         self.choice_texts: dict[str, dict[Any, str]] = {}  # key -> {choice: as typed}, for primitive choices
 
     def add(self, override: Override, config: DictConfig) -> None:
-        import optuna.distributions as d
-
+        d = optuna.distributions
         key, sweep = override.get_key_element(), override.value()
         try:
             if isinstance(sweep, IntervalSweep):
@@ -198,8 +204,6 @@ class OptunaSweeper(Sweeper):
                 raise ConfigError(f"hydra.sweeper.{name}={getattr(self, name)} must be an integer >= 1")
 
     def open_study(self) -> Any:
-        import optuna
-
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial from Optuna repeats Hydra's own
         self.storage_url = self.storage or str(self.sweep_dir / JOURNAL)
         self.storage_handle = open_storage(self.storage_url)
@@ -220,24 +224,22 @@ class OptunaSweeper(Sweeper):
     # --- the search ----------------------------------------------------------------------------------------
 
     def sweep(self, arguments: list[str]) -> None:
+        if optuna is None:
+            exit_with(ConfigError("hydra/sweeper=mlplab_optuna needs Optuna: pip install -e '.[sweep]'"))
         try:
             self.check_settings()
             space, fixed = self.search_space(arguments)
             study = self.open_study()
         except ConfigError as err:
             exit_with(err)
-        import optuna
-
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if abandoned(trial):
                 self.give_back(study, trial.number, trial.params, "left running by a killed command")
         log.info("Optuna study %s in %s: %d of %d trials done, %s", study.study_name, self.storage_url,
                  self.counted(study), self.n_trials, ", ".join(f"{k}: {v}" for k, v in space.distributions.items()))
         while (remaining := self.n_trials - self.counted(study)) > 0:
-            trials = [study.ask(space.distributions) for _ in range(min(self.n_jobs, remaining))]
-            for trial in trials:
-                trial.set_user_attr(OWNER, owner())
+            trials = [self.ask(study, space) for _ in range(min(self.n_jobs, remaining))]
             batch = [fixed + space.overrides(trial.params) + self.job_settings(study, trial.number) for trial in trials]
             try:
                 self.validate_batch_is_legal(batch)
@@ -251,6 +253,23 @@ class OptunaSweeper(Sweeper):
                 self.tell(study, trial, job)
         self.write_results(study, space, fixed)
 
+    def ask(self, study: Any, space: SearchSpace) -> Any:
+        """A new trial, owned by this command, whose values no other trial of the study has.
+
+        Two commands that open a study at the same moment seed their samplers alike and would ask for the same
+        values: such a trial is failed out of the count and the sampler reseeded (a few tries, then accepted).
+        """
+        for attempt in range(5):
+            trial = study.ask(space.distributions)
+            trial.set_user_attr(OWNER, owner())
+            twin = next((t.number for t in study.get_trials(deepcopy=False) if t.number != trial.number
+                         and t.params == trial.params and NOT_COUNTED not in t.user_attrs), None)
+            if twin is None or attempt == 4:
+                return trial
+            trial.set_user_attr(NOT_COUNTED, f"the values of trial {twin}")
+            study.tell(trial, state=TrialState.FAIL)
+            study.sampler.reseed_rng()
+
     def job_settings(self, study: Any, number: int) -> list[str]:
         """Per job: its trial, the study it reports to (mlp_optuna.yaml's optuna_pruning callback), its dir."""
         return [f"hydra.sweeper.trial={number}", f"hydra.sweeper.storage={quoted(self.storage_url)}",
@@ -259,23 +278,21 @@ class OptunaSweeper(Sweeper):
     @staticmethod
     def counted(study: Any) -> int:
         """Trials toward n_trials: finished (complete, pruned, failed) or running; not those given back."""
-        from optuna.trial import TrialState
-
         return sum(t.state != TrialState.WAITING and NOT_COUNTED not in t.user_attrs for t in study.get_trials(deepcopy=False))
 
     def give_back(self, study: Any, number: int, params: dict[str, Any], reason: str) -> None:
         """Fail a trial that did not run to its end, out of the count, and queue its values to be asked again."""
-        from optuna.trial import TrialState
-
         trial_by_number(study, self.storage_handle, number).set_user_attr(NOT_COUNTED, reason)
         study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(params, user_attrs={"retry_of": number})
         log.warning("trial %d %s: queued to run again", number, reason)
+        job_dir = self.sweep_dir / str(number)
+        if job_dir.is_dir() and not (job_dir / JOB_RECORD).exists():  # the summary shows it, not as a failure
+            record = {"status": "retried", "error": f"{reason}; its values are queued to run again"}
+            (job_dir / JOB_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
     def tell(self, study: Any, trial: Any, job: JobReturn) -> None:
         """Complete with the job's value; pruned if its job was pruned; else failed (NaN: a failure the job recorded)."""
-        from optuna.trial import TrialState
-
         value = job.return_value if job.status == JobStatus.COMPLETED else math.nan
         frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
         if value is not None and math.isfinite(value):
@@ -290,9 +307,6 @@ class OptunaSweeper(Sweeper):
     # --- the answer ----------------------------------------------------------------------------------------
 
     def write_results(self, study: Any, space: SearchSpace, fixed: list[str]) -> None:
-        import optuna
-        from optuna.trial import TrialState
-
         trials = study.get_trials(deepcopy=False)
         states = {state: [t for t in trials if t.state == state and NOT_COUNTED not in t.user_attrs] for state in TrialState}
         given_back = sum(NOT_COUNTED in t.user_attrs for t in trials)
