@@ -38,8 +38,8 @@ def load(storage: str | Path, name: str = "mlp") -> optuna.Study:
 def pruned_search(data_dir, tmp_path_factory):
     sweep_dir = tmp_path_factory.mktemp("pruned")
     result = sweep(
-        sweep_dir, *SEARCH, "hydra.sweeper.n_trials=4", "trainer.max_epochs=2", "optimizer.lr=choice(0.01,1e-7)",
-        "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1", data_dir=data_dir,
+        sweep_dir, *SEARCH, "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1", "trainer.max_epochs=2", data_dir=data_dir,
     )
     return sweep_dir, result
 
@@ -53,16 +53,16 @@ def test_a_pruned_trial_is_recorded_as_pruned_not_failed(pruned_search):
     records = job_files(sweep_dir, "job.json")
     for trial in pruned:  # the job's record says when it stopped and what it last reported
         record = records[str(trial.number)]
-        assert (record["status"], record["epoch"]) == ("pruned", 1) == ("pruned", trial.last_step)
-        assert record["value"] == pytest.approx(trial.intermediate_values[1])
+        assert (record["status"], record["epoch"]) == ("pruned", trial.last_step)
+        assert record["value"] == pytest.approx(trial.intermediate_values[trial.last_step])
         assert not (sweep_dir / str(trial.number) / "metrics.json").exists()  # stopped at once: no test pass
     rows = {r["job"]: r for r in read_csv(sweep_dir / "summary.csv")}
     assert {job for job, r in rows.items() if r["status"] == "pruned"} == {str(t.number) for t in pruned}
     assert all(r["status"] in ("ok", "pruned") for r in rows.values())
     summary = (sweep_dir / "summary.md").read_text()
-    assert f"{len(pruned)} pruned, 0 failed" in summary and "pruned at epoch 1 (last val/acc" in summary
+    assert f"{len(pruned)} pruned, 0 failed" in summary and "pruned at epoch " in summary
     complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert all(len(t.intermediate_values) == 2 for t in complete)  # every validation reported
+    assert complete and all(list(t.intermediate_values) == [1, 2] for t in complete)  # each epoch's validation
 
 
 def test_the_best_trial_is_written_as_a_command_that_reproduces_it(pruned_search, data_dir, tmp_path):

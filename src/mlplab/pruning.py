@@ -17,6 +17,7 @@ import logging
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.trainer.states import TrainerFn
 
 from mlplab.studies import build_pruner, open_storage, trial_by_number
 from mlplab.sweeps import TrialPruned
@@ -47,7 +48,8 @@ class OptunaPruning(L.Callback):
         self._trial = trial_by_number(study, storage, int(self.number))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not self.active or trainer.sanity_checking or self.monitor not in trainer.callback_metrics:
+        fitting = trainer.state.fn == TrainerFn.FITTING and not trainer.sanity_checking  # not the final validate()
+        if not self.active or not fitting or self.monitor not in trainer.callback_metrics:
             return
         value, epoch = float(trainer.callback_metrics[self.monitor]), trainer.current_epoch + 1
         pruned = False
