@@ -1,0 +1,62 @@
+"""Errors a user can fix: bad config values, missing or broken data files, unusable checkpoints.
+
+The entry points print these as one line (what is wrong and what is allowed) and exit non-zero;
+anything else is a bug and keeps its traceback. ``HYDRA_FULL_ERROR=1`` shows the traceback for these too.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
+
+log = logging.getLogger("mlplab")
+T = TypeVar("T")
+
+
+class UserError(Exception):
+    """Something in the user's input, explained in the message."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config value out of range or of an unknown name."""
+
+
+class DataError(UserError, RuntimeError):
+    """Data files missing, truncated or malformed."""
+
+
+def user_error_in(err: BaseException) -> UserError | None:
+    """The UserError behind ``err``, if any: Hydra's ``instantiate`` wraps what a constructor raises."""
+    while err is not None:
+        if isinstance(err, UserError):
+            return err
+        err = err.__cause__
+    return None
+
+
+def reported_as_one_line(task: Callable[..., T]) -> Callable[..., T]:
+    """Wrap an entry point so a UserError ends the run with one clear line and exit status 1."""
+
+    @functools.wraps(task)
+    def wrapper(*args, **kwargs) -> T:
+        try:
+            return task(*args, **kwargs)
+        except Exception as err:
+            user_error = user_error_in(err)
+            if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            exit_with(user_error)
+
+    return wrapper
+
+
+def exit_with(error: UserError) -> NoReturn:
+    """Print ``error: <message>`` (one line) and exit with status 1; ``HYDRA_FULL_ERROR=1`` raises it instead."""
+    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        raise error
+    log.error("error: %s", error)
+    sys.exit(1)

@@ -1,0 +1,236 @@
+"""Where a model fails: confusion matrix, per-class precision/recall/F1 and its most confident mistakes.
+
+``ErrorAnalysis`` is a callback watching a standalone ``trainer.validate`` or ``trainer.test`` pass, so its
+numbers come from the very forward pass that produced the logged loss and accuracy (same device, same
+precision). Every training run uses it to put the test-set confusion matrix and misclassified images in
+TensorBoard; ``eval.py`` (``evaluate`` below) uses it to report on any checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.trainer.states import TrainerFn
+from matplotlib.figure import Figure
+from omegaconf import DictConfig
+from torchmetrics import MetricCollection
+from torchmetrics.classification import (
+    MulticlassConfusionMatrix,
+    MulticlassF1Score,
+    MulticlassPrecision,
+    MulticlassRecall,
+)
+
+from mlplab.trained import TrainedClassifier, load_trained_from_config
+from mlplab.data import MNISTDataModule
+from mlplab.errors import ConfigError
+from mlplab.figures import confusion_matrix_figure, image_grid_figure, to_display
+from mlplab.pipeline import build_datamodule, build_trainer
+from mlplab.tensorboard_extras import tensorboard_writers
+
+log = logging.getLogger(__name__)
+
+SPLITS = {TrainerFn.VALIDATING: "val", TrainerFn.TESTING: "test"}
+
+
+@dataclass
+class ClassificationReport:
+    """One split's results. ``confusion[i, j]``: images of class i predicted as j. ``mistakes_*``: the most
+    confident wrong predictions, most confident first (images in [0, 1], ready to show)."""
+
+    split: str
+    class_names: tuple[str, ...]
+    confusion: torch.Tensor
+    precision: torch.Tensor
+    recall: torch.Tensor
+    f1: torch.Tensor
+    mistakes_images: torch.Tensor
+    mistakes_true: torch.Tensor
+    mistakes_predicted: torch.Tensor
+    mistakes_confidence: torch.Tensor
+
+    @property
+    def support(self) -> torch.Tensor:
+        return self.confusion.sum(1)
+
+    def per_class(self) -> list[dict[str, Any]]:
+        return [
+            {"class": name, "precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
+             "support": int(s)}
+            for name, p, r, f, s in zip(self.class_names, self.precision, self.recall, self.f1, self.support)
+        ]
+
+    def most_confused(self, count: int = 5) -> list[dict[str, Any]]:
+        """The largest off-diagonal cells: which true class is most often taken for which other one."""
+        off_diagonal = self.confusion.clone().fill_diagonal_(0)
+        values, flat = off_diagonal.flatten().sort(descending=True)
+        n = len(self.class_names)
+        return [
+            {"true": self.class_names[i // n], "predicted": self.class_names[i % n], "count": int(v)}
+            for v, i in zip(values[:count].tolist(), flat[:count].tolist())
+            if v > 0
+        ]
+
+    def table(self) -> str:
+        width = max(len("class"), *(len(name) for name in self.class_names))
+        lines = [f"{'class':<{width}}  precision  recall      f1  support"]
+        for row in self.per_class():
+            lines.append(f"{row['class']:<{width}}  {row['precision']:>9.4f}  {row['recall']:>6.4f}  "
+                         f"{row['f1']:>6.4f}  {row['support']:>7d}")
+        return "\n".join(lines)
+
+    def confusion_figure(self) -> Figure:
+        return confusion_matrix_figure(self.confusion, self.class_names, title=f"{self.split}: true vs predicted")
+
+    def mistakes_figure(self) -> Figure:
+        titles = [
+            f"{self.class_names[t]} -> {self.class_names[p]} ({c:.2f})"
+            for t, p, c in zip(self.mistakes_true.tolist(), self.mistakes_predicted.tolist(),
+                               self.mistakes_confidence.tolist())
+        ]
+        title = f"{self.split}: most confident mistakes, true -> predicted (probability)"
+        return image_grid_figure(self.mistakes_images, titles, columns=8, title=title)
+
+
+class ErrorAnalysis(L.Callback):
+    """Collects a ``ClassificationReport`` on the standalone validate/test passes of ``splits`` (not on the
+    per-epoch validation during fit) and, when the run has a TensorBoard logger, logs ``<split>/confusion_matrix``
+    and ``<split>/misclassified`` figures. Under DDP the matrix and scores cover all ranks, the images rank 0's
+    share. Needs the module's validation/test step to return its logits (``ClassifierModule`` does).
+    """
+
+    def __init__(self, splits: Sequence[str] = ("test",), max_mistakes: int = 32) -> None:
+        unknown = set(splits) - set(SPLITS.values())
+        if unknown:
+            raise ConfigError(f"ErrorAnalysis splits {sorted(unknown)} are not known; choose from val, test")
+        self.splits, self.max_mistakes = tuple(splits), max_mistakes
+        self.reports: dict[str, ClassificationReport] = {}
+        self._split: str | None = None
+
+    def _begin(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        split = SPLITS.get(trainer.state.fn)
+        self._split = split if split in self.splits else None
+        if self._split is None:
+            return
+        k = trainer.datamodule.num_classes
+        self._metrics = MetricCollection({
+            "confusion": MulticlassConfusionMatrix(k),
+            "precision": MulticlassPrecision(k, average=None),
+            "recall": MulticlassRecall(k, average=None),
+            "f1": MulticlassF1Score(k, average=None),
+        }).to(pl_module.device)
+        shape = trainer.datamodule.input_shape
+        self._mistakes = (torch.empty(0, *shape), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long),
+                          torch.empty(0))
+
+    def _update(self, outputs: torch.Tensor, batch) -> None:
+        if self._split is None:
+            return
+        images, labels = batch
+        probabilities = outputs.detach().float().softmax(1)
+        confidence, predicted = probabilities.max(1)
+        self._metrics.update(predicted, labels)
+        wrong = predicted != labels
+        new = (images[wrong].float().cpu(), labels[wrong].cpu(), predicted[wrong].cpu(), confidence[wrong].cpu())
+        kept = [torch.cat(pair) for pair in zip(self._mistakes, new)]
+        order = kept[3].argsort(descending=True)[: self.max_mistakes]
+        self._mistakes = tuple(tensor[order] for tensor in kept)
+
+    def _finish(self, trainer: L.Trainer) -> None:
+        if self._split is None:
+            return
+        scores = {name: value.cpu() for name, value in self._metrics.compute().items()}
+        info = trainer.datamodule.info
+        images, true, predicted, confidence = self._mistakes
+        report = ClassificationReport(
+            self._split, trainer.datamodule.class_names, scores["confusion"], scores["precision"], scores["recall"], scores["f1"],
+            to_display(images, info.mean, info.std), true, predicted, confidence,
+        )
+        self.reports[self._split] = report
+        for writer in tensorboard_writers(trainer):
+            writer.add_figure(f"{self._split}/confusion_matrix", report.confusion_figure(), trainer.global_step)
+            writer.add_figure(f"{self._split}/misclassified", report.mistakes_figure(), trainer.global_step)
+        self._split = None
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._begin(trainer, pl_module)
+
+    def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._begin(trainer, pl_module)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update(outputs, batch)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._update(outputs, batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(trainer)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._finish(trainer)
+
+
+def evaluation_datamodule(cfg: DictConfig, trained: TrainedClassifier) -> MNISTDataModule:
+    """The checkpoint's own data settings (same dataset, same validation split), read from ``cfg.data_dir``;
+    or, when the user picked ``data=<name>``, that config as it stands."""
+    if cfg.get("data") is None:
+        return MNISTDataModule(**(trained.data_hparams | {"data_dir": cfg.data_dir, "augment": None}))
+    datamodule = build_datamodule(cfg)
+    if datamodule.hparams.dataset != trained.dataset:
+        log.warning("the checkpoint was trained on %s; evaluating it on %s", trained.dataset, datamodule.hparams.dataset)
+    return datamodule
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; print the scores, write metrics.json, per_class.csv,
+    confusion_matrix.png and misclassified.png to ``cfg.output_dir``."""
+    if cfg.split not in SPLITS.values():
+        raise ConfigError(f"split={cfg.split!r} is not known; choose test (the official test set) or val")
+    trained = load_trained_from_config(cfg)
+    datamodule = evaluation_datamodule(cfg, trained)
+    trainer = build_trainer(cfg)
+    analysis = next((cb for cb in trainer.callbacks if isinstance(cb, ErrorAnalysis)), None)
+    if analysis is None or cfg.split not in analysis.splits:
+        raise ConfigError(f"callbacks.error_analysis must be an mlplab.evaluation.ErrorAnalysis covering split={cfg.split}")
+    run = trainer.test if cfg.split == "test" else trainer.validate
+    scores = run(trained.module, datamodule=datamodule, verbose=False)[0]
+    report = analysis.reports[cfg.split]
+
+    metrics = {
+        f"{cfg.split}/acc": scores[f"{cfg.split}/acc"],
+        f"{cfg.split}/loss": scores[f"{cfg.split}/loss"],
+        f"{cfg.split}/macro_f1": round(float(report.f1.mean()), 6),
+        "images": int(report.support.sum()),
+        "dataset": datamodule.hparams.dataset,
+        "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
+        "most_confused": report.most_confused(cfg.top_confused),
+    }
+    if trainer.is_global_zero:
+        write_report(Path(cfg.output_dir), metrics, report)
+        log.info("%s on %s %s (%d images): acc %.4f  loss %.4f", Path(cfg.ckpt_path).name, metrics["dataset"],
+                 cfg.split, metrics["images"], metrics[f"{cfg.split}/acc"], metrics[f"{cfg.split}/loss"])
+        log.info("per class:\n%s", report.table())
+        pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in metrics["most_confused"])
+        log.info("most confused (true -> predicted): %s", pairs or "none")
+        log.info("run dir: %s", cfg.output_dir)
+    return metrics
+
+
+def write_report(output_dir: Path, metrics: dict[str, Any], report: ClassificationReport) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    with open(output_dir / "per_class.csv", "w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=["class", "precision", "recall", "f1", "support"])
+        writer.writeheader()
+        writer.writerows(report.per_class())
+    report.confusion_figure().savefig(output_dir / "confusion_matrix.png")
+    report.mistakes_figure().savefig(output_dir / "misclassified.png")

@@ -1,0 +1,123 @@
+"""A standalone model file: the network with the dataset's normalization built in, loadable without mlplab.
+
+Input: float32 images ``[N, 1, 28, 28]`` with pixel values in [0, 1], light ink on a dark background as in
+the dataset (what ``torchvision.transforms.ToTensor()`` makes of an MNIST image; ``uint8 / 255``).
+Output: logits ``[N, classes]`` (softmax for probabilities). TorchScript (``.pt``) loads with
+``torch.jit.load``; ONNX (``.onnx``) with onnxruntime or any ONNX runtime. Both carry the dataset, class
+names, mean and std as metadata (``mlplab.json`` extra file / ``mlplab`` metadata property).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from mlplab.trained import TrainedClassifier, load_trained_from_config
+from mlplab.errors import ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+INPUT = "images"
+ONNX_EXTRA = "format=onnx needs the onnx extra: pip install 'mlplab[onnx]' (onnx, onnxscript, onnxruntime)"
+
+
+class StandaloneClassifier(nn.Module):
+    """Raw images in [0, 1] -> normalization -> the trained network -> logits."""
+
+    def __init__(self, net: nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean))
+        self.register_buffer("std", torch.tensor(std))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net((images - self.mean) / self.std)
+
+
+def standalone(trained: TrainedClassifier) -> StandaloneClassifier:
+    return StandaloneClassifier(copy.deepcopy(trained.module.net), trained.info.mean, trained.info.std).eval()
+
+
+def metadata(trained: TrainedClassifier) -> dict[str, Any]:
+    info = trained.info
+    return {
+        "dataset": trained.dataset,
+        "class_names": list(trained.class_names),
+        "input": f"float32 [N, {', '.join(map(str, info.image_shape))}] in [0, 1], light ink on dark",
+        "output": "logits [N, classes]",
+        "mean": info.mean,
+        "std": info.std,
+    }
+
+
+@contextmanager
+def torchscript_quietly():
+    """Recent PyTorch marks TorchScript deprecated (in favour of torch.export) and warns on every call; the format
+    is what was asked for and still loads wherever torch does, so the export keeps its output to the point."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
+        yield
+
+
+def save_torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any]) -> None:
+    with torchscript_quietly():
+        torch.jit.save(torch.jit.trace(model, example), str(path), _extra_files={"mlplab.json": json.dumps(meta)})
+
+
+def save_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any]) -> None:
+    try:
+        import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
+    except ImportError as err:
+        raise UserError(ONNX_EXTRA) from err
+    for name in ("onnxscript", "onnx_ir"):  # their graph-optimization notes would drown the export's own report
+        logging.getLogger(name).setLevel(logging.WARNING)
+    program = torch.onnx.export(
+        model, (example,), input_names=[INPUT], output_names=["logits"],
+        dynamic_shapes={INPUT: {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
+    )
+    program.model.metadata_props["mlplab"] = json.dumps(meta)
+    program.save(str(path))
+
+
+def run_exported(path: Path, images: torch.Tensor) -> torch.Tensor:
+    """Logits from the written file, loaded as a user without mlplab would load it."""
+    if path.suffix == FORMATS["torchscript"]:
+        with torchscript_quietly():
+            return torch.jit.load(str(path))(images)
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise UserError(ONNX_EXTRA) from err
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(session.run(None, {INPUT: images.numpy()})[0])
+
+
+def export(cfg: DictConfig) -> Path:
+    """Write ``cfg.ckpt_path`` as a standalone ``cfg.format`` file, then check it reproduces the checkpoint's logits."""
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r} is not known; choose {' or '.join(FORMATS)}")
+    trained = load_trained_from_config(cfg)
+    path = Path(cfg.output) if cfg.get("output") else Path(cfg.output_dir) / f"model{FORMATS[cfg.format]}"
+    if path.suffix != FORMATS[cfg.format]:
+        raise ConfigError(f"output={cfg.output} must end in {FORMATS[cfg.format]} for format={cfg.format}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model, meta = standalone(trained), metadata(trained)
+    example = torch.rand(8, *trained.info.image_shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        (save_torchscript if cfg.format == "torchscript" else save_onnx)(model, example, path, meta)
+        expected = trained.module((example - trained.info.mean) / trained.info.std)
+        difference = (run_exported(path, example) - expected).abs().max().item()
+    log.info("wrote %s (%.1f kB): %s -> %s, classes %s", path, path.stat().st_size / 1e3, meta["input"], meta["output"],
+             " ".join(meta["class_names"]))
+    log.info("max |logit difference| from the checkpoint on 8 random images: %.2e", difference)
+    return path

@@ -1,0 +1,158 @@
+"""The run pipeline shared by the entry points: config -> objects -> fit -> best checkpoint -> test.
+
+A run directory (Hydra's) ends up holding the composed config (``.hydra/``), ``checkpoints/``
+(best by the monitored metric, plus ``last.ckpt``), TensorBoard events and ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mlplab.config import validate
+from mlplab.data import MNISTDataModule
+from mlplab.module import ClassifierModule
+
+log = logging.getLogger(__name__)
+
+
+def not_an_advert(record: logging.LogRecord) -> bool:
+    """Lightning 2.6 logs a tip to install its cloud logger whenever a Trainer starts: noise in every run's output."""
+    return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_an_advert)
+
+
+def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
+    return instantiate(cfg.data, _convert_="all")
+
+
+def build_module(
+    cfg: DictConfig, datamodule: MNISTDataModule, net: dict[str, Any] | None = None, backbone_lr_scale: float = 1.0
+) -> ClassifierModule:
+    """The LightningModule for this config, with the network's input and output sizes taken from the data.
+
+    ``net`` replaces ``cfg.model`` (fine-tuning rebuilds the pretrained network from its checkpoint).
+    """
+    net = (net or OmegaConf.to_container(cfg.model, resolve=True)) | {
+        "in_features": datamodule.in_features,
+        "num_classes": datamodule.num_classes,
+    }
+    return ClassifierModule(
+        net=net,
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) if cfg.get("scheduler") else None,
+        l1=cfg.regularization.l1,
+        label_smoothing=cfg.regularization.label_smoothing,
+        backbone_lr_scale=backbone_lr_scale,
+    )
+
+
+def fastest_precision(accelerator: str = "auto") -> str:
+    """``bf16-mixed`` where the hardware computes bf16 natively (CUDA GPUs since Ampere, CPUs with AVX512-BF16
+    or AMX), else ``32-true``: emulated bf16 is slower than fp32. See docs/benchmarks.md for the measurements."""
+    on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
+    if on_gpu:
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
+    native_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False
+    )()
+    return "bf16-mixed" if native_bf16 else "32-true"
+
+
+def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -> L.Trainer:
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None] + list(extra_callbacks)
+    loggers = [instantiate(lg) for lg in (cfg.get("logger") or {}).values() if lg is not None]
+    precision = cfg.trainer.get("precision")
+    if precision == "auto":
+        precision = fastest_precision(cfg.trainer.get("accelerator", "auto"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
+    # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 so that looking for GPUs cannot poison fork; torch's
+    # Adam then asks NVML again on every step (a dlopen, ~0.3 ms). Devices are chosen now: use the cached check.
+    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
+    return trainer
+
+
+def start_run(cfg: DictConfig) -> None:
+    """Process-wide settings every run starts with: matmul precision, and the seed of weights, dropout and batches."""
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+
+def build(cfg: DictConfig) -> tuple[MNISTDataModule, ClassifierModule, L.Trainer]:
+    """Everything a run needs, seeded and (with ``compile=true``) compiled, not yet fitted."""
+    start_run(cfg)
+    datamodule = build_datamodule(cfg)
+    module = build_module(cfg, datamodule)
+    trainer = build_trainer(cfg)
+    compile_network(cfg, module)
+    return datamodule, module, trainer
+
+
+def compile_network(cfg: DictConfig, module: ClassifierModule) -> None:
+    """``compile=true``: torch.compile the network in place, so state_dict keys (and checkpoints) stay unchanged."""
+    if cfg.compile:
+        module.net.compile(**(cfg.get("compile_options") or {}))
+
+
+def train(cfg: DictConfig) -> float:
+    """Fit, evaluate the best checkpoint on validation and, once, on the official test set.
+
+    Returns the monitored metric of the best checkpoint so a Hydra sweeper can optimize it.
+    """
+    validate(cfg)
+    datamodule, module, trainer = build(cfg)
+    return fit_and_report(cfg, trainer, module, datamodule)
+
+
+def fit_and_report(
+    cfg: DictConfig,
+    trainer: L.Trainer,
+    module: ClassifierModule,
+    datamodule: MNISTDataModule,
+    extra_metrics: dict[str, Any] | None = None,
+) -> float:
+    """The end every entry point shares: fit, validate and test the best checkpoint, write metrics.json
+    (with ``extra_metrics`` appended) and log where the run went. Returns the best checkpoint's monitored metric."""
+    output_dir = Path(cfg.output_dir)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    train_time = time.perf_counter() - start
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None and checkpoint.best_model_path else None
+    val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+    test = trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
+
+    metrics: dict[str, Any] = {
+        "val/acc": val["val/acc"],
+        "val/loss": val["val/loss"],
+        "test/acc": test["test/acc"],
+        "test/loss": test["test/loss"],
+        "best_ckpt": best,
+        "epochs": trainer.current_epoch,
+        "train_time_s": round(train_time, 3),
+    } | (extra_metrics or {})
+    if trainer.is_global_zero:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        log.info(
+            "val/acc %.4f  val/loss %.4f  test/acc %.4f  test/loss %.4f  (%d epochs, %.1f s training)",
+            metrics["val/acc"], metrics["val/loss"], metrics["test/acc"], metrics["test/loss"],
+            metrics["epochs"], train_time,
+        )
+        log.info("run dir: %s", output_dir)
+    monitor = checkpoint.monitor if checkpoint is not None else "val/acc"
+    return float(metrics.get(monitor, val.get(monitor, metrics["val/acc"])))

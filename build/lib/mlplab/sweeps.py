@@ -1,0 +1,404 @@
+"""Sweeps that end with an answer: every job recorded, failed jobs kept apart, a results table in the sweep dir.
+
+Two pieces, each a mechanism Hydra provides:
+
+``recorded_sweep_job`` wraps the task function (``main`` in ``train.py``). In a multirun it writes
+``job.json`` into the job's dir (status, the monitored metric, wall time, the one-line reason of a failure),
+and a failing job does not end the sweep. A job an Optuna pruner stopped (``TrialPruned``, raised by
+``mlplab.pruning.OptunaPruning``) is recorded as ``pruned``, with the epoch and its last metric: not a failure. Hydra's launchers catch a job's exception into its ``JobReturn``,
+but the sweepers (basic, Optuna) then read ``return_value``, which re-raises it and abandons the jobs still
+to run. So the wrapper catches the failure itself: it logs it (with the traceback, in the job's log),
+records it and returns NaN. The basic sweeper goes on to the next job; the Optuna sweeper marks a NaN trial
+failed and goes on sampling. ``HYDRA_FULL_ERROR=1`` re-raises instead, to stop at the first failure.
+
+``SweepSummary`` is a Hydra callback (``hydra.callbacks`` in conf/train.yaml): ``on_multirun_end`` reads
+every job's overrides, ``job.json`` and ``metrics.json``, writes ``summary.csv`` and ``summary.md`` into the
+sweep dir (plus ``summary_folds.csv`` when jobs differ in ``data.fold``), prints the table, and ends the
+command with exit status 1 when a job failed (pruned jobs are not failures). An optimizing sweeper may leave
+``study.md`` in the sweep dir (the project's Optuna sweeper does: the study's counts, best trial, importances);
+it is appended to the summary. Hydra turns an exception raised by a callback into a warning,
+so that exit is a ``SystemExit``.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import math
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from mlplab.errors import ConfigError, user_error_in
+
+log = logging.getLogger(__name__)
+
+JOB_RECORD = "job.json"
+NOT_FAILED = ("ok", "pruned", "retried")  # statuses that leave the exit status 0
+STUDY_REPORT = "study.md"  # an optimizing sweeper's report, appended to summary.md
+FOLD_KEY = "data.fold"
+METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")
+
+
+class TrialPruned(Exception):
+    """A search's pruner stopped this job after ``epoch`` epochs, when ``monitor`` was ``value``."""
+
+    def __init__(self, epoch: int, monitor: str, value: float) -> None:
+        super().__init__(f"pruned at epoch {epoch} ({monitor} {value:.4f})")
+        self.epoch, self.monitor, self.value = epoch, monitor, value
+
+
+def monitored_metric(cfg: DictConfig) -> tuple[str, str]:
+    """(name, "max" | "min") of the metric the checkpoint callback selects on: the metric a sweep ranks by."""
+    checkpoint = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    if checkpoint is not None and checkpoint.get("monitor"):
+        return checkpoint.monitor, checkpoint.get("mode", "min")
+    return "val/acc", "max"
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def job_threads(cfg: DictConfig, launcher: DictConfig | None) -> int | None:
+    """CPU threads for this job: ``num_threads`` when set, else its share of the cores when jobs run side by side.
+
+    Under the joblib launcher ``n_jobs`` jobs share the machine (-1: one per core), so each gets
+    cores // n_jobs threads instead of torch's default of all of them; under submitit, ``cpus_per_task``.
+    """
+    if cfg.get("num_threads"):
+        return int(cfg.num_threads)
+    if launcher is None:
+        return None
+    if launcher.get("n_jobs") is not None:  # joblib
+        cores, n_jobs = available_cores(), int(launcher.n_jobs)
+        parallel = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+        return max(1, cores // parallel)
+    if launcher.get("cpus_per_task"):  # submitit
+        return int(launcher.cpus_per_task)
+    return None
+
+
+def check_direction(sweeper: DictConfig, monitor: str, mode: str) -> None:
+    """An optimizing sweeper must push the monitored metric the way the checkpoint callback ranks it."""
+    direction = sweeper.get("direction")
+    expected = {"max": "maximize", "min": "minimize"}[mode]
+    if isinstance(direction, str) and direction != expected:
+        raise ConfigError(
+            f"hydra.sweeper.direction={direction} but the objective, {monitor}, is best at its {mode} "
+            f"(callbacks.model_checkpoint.mode); set hydra.sweeper.direction={expected}"
+        )
+
+
+def one_line(err: BaseException) -> str:
+    """What went wrong, on one line: a UserError's own message, else the exception's type and message."""
+    user_error = user_error_in(err)
+    return " ".join(str(user_error or f"{type(err).__name__}: {err}").split())
+
+
+def recorded_sweep_job(task: Callable[[DictConfig], float]) -> Callable[[DictConfig], float]:
+    """Run ``task`` with the job's share of CPU threads; in a multirun, record its outcome and survive its failure."""
+
+    @functools.wraps(task)
+    def job(cfg: DictConfig) -> float:
+        hydra_cfg = HydraConfig.get()
+        multirun = hydra_cfg.mode == RunMode.MULTIRUN
+        threads = job_threads(cfg, hydra_cfg.launcher if multirun else None)
+        if threads:
+            torch.set_num_threads(threads)
+        if not multirun:
+            return task(cfg)
+        monitor, mode = monitored_metric(cfg)
+        record: dict[str, Any] = {"status": "interrupted", "monitor": monitor, "mode": mode, "value": None,
+                                  "error": None, "threads": torch.get_num_threads()}
+        start = time.perf_counter()
+        try:
+            value = float(task(cfg))
+            record |= {"status": "ok", "value": value}
+        except TrialPruned as pruned:  # the search stopped it on purpose: recorded, and the sweep goes on
+            value = math.nan
+            record |= {"status": "pruned", "value": pruned.value, "epoch": pruned.epoch}
+            log.info("job %s", pruned)
+        except Exception as err:  # any failure: the other jobs of the sweep still deserve to run
+            value = math.nan
+            record |= {"status": "failed", "error": one_line(err)}
+            if user_error_in(err) is not None:
+                log.error("error: %s", record["error"])
+            else:
+                log.exception("job failed; the sweep goes on")
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+        finally:
+            record["wall_time_s"] = round(time.perf_counter() - start, 3)
+            output_dir = Path(hydra_cfg.runtime.output_dir)
+            output_dir.mkdir(parents=True, exist_ok=True)
+            (output_dir / JOB_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+        return value
+
+    return job
+
+
+@dataclass
+class JobResult:
+    """One job of a sweep as read back from its dir."""
+
+    name: str  # the job's dir, relative to the sweep dir
+    overrides: dict[str, str]
+    status: str  # ok | pruned | retried (a search ran its trial again) | failed | interrupted (Ctrl-C, SIGTERM) | unfinished (no job.json: killed, or still running)
+    error: str = ""
+    value: float = math.nan  # the monitored metric
+    metrics: dict[str, Any] = field(default_factory=dict)
+    wall_time_s: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+def read_job(job_dir: Path, sweep_dir: Path) -> tuple[JobResult, dict[str, Any]]:
+    """A job's overrides (as Hydra saved them), its job.json record and, when it finished, its metrics.json."""
+    overrides = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    pairs = dict(item.partition("=")[::2] for item in overrides)
+    record_file, metrics_file = job_dir / JOB_RECORD, job_dir / "metrics.json"
+    record = json.loads(record_file.read_text()) if record_file.is_file() else {}
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() and record.get("status") == "ok" else {}
+    if record.get("status") == "pruned":  # no best checkpoint tested: the last reported metric, and when
+        metrics = {record["monitor"]: record["value"], "epochs": record["epoch"]}
+    value = record.get("value")
+    result = JobResult(
+        name=job_dir.relative_to(sweep_dir).as_posix(),
+        overrides={key.lstrip("+"): text for key, text in pairs.items()},
+        status=record.get("status", "unfinished"),
+        error=record.get("error") or ("" if record else f"no {JOB_RECORD}: killed, or still running"),
+        value=math.nan if value is None else float(value),
+        metrics=metrics,
+        wall_time_s=record.get("wall_time_s"),
+    )
+    return result, record
+
+
+def job_order(path: Path) -> tuple:
+    """Job dirs in numeric order (2 before 10)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (n-1) of the finite values; NaN where undefined."""
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else math.nan
+
+
+@dataclass
+class FoldGroup:
+    """One configuration's folds: mean and sample std of each metric over the folds that finished."""
+
+    overrides: dict[str, str]  # without data.fold
+    folds_ok: int
+    folds: int
+    stats: dict[str, tuple[float, float]]  # metric name -> (mean, std)
+
+
+@dataclass
+class Summary:
+    """A sweep's jobs, best first by the monitored metric, and (with data.fold) their cross-validation means."""
+
+    jobs: list[JobResult]
+    monitor: str
+    mode: str
+
+    @property
+    def failed(self) -> list[JobResult]:
+        return [job for job in self.jobs if job.status not in NOT_FAILED]
+
+    @property
+    def pruned(self) -> list[JobResult]:
+        return [job for job in self.jobs if job.status == "pruned"]
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [self.monitor] + [name for name in METRICS if name != self.monitor]
+
+    def override_keys(self) -> list[str]:
+        return list(dict.fromkeys(key for job in self.jobs for key in job.overrides))
+
+    def varying_keys(self) -> list[str]:
+        """Override keys whose value is not the same in every job, in the order typed."""
+        return [key for key in self.override_keys() if len({job.overrides.get(key) for job in self.jobs}) > 1]
+
+    def common_overrides(self) -> list[str]:
+        varying = self.varying_keys()
+        return [f"{k}={v}" for k, v in (self.jobs[0].overrides.items() if self.jobs else []) if k not in varying]
+
+    def rank(self, value: float) -> tuple:
+        """Sort key: best value first, NaN last."""
+        if math.isnan(value):
+            return (1, 0.0)
+        return (0, -value if self.mode == "max" else value)
+
+    def cross_validation(self) -> list[FoldGroup]:
+        """Jobs that differ only in data.fold, grouped: one cross-validated configuration each, best first."""
+        if not any(FOLD_KEY in job.overrides for job in self.jobs):
+            return []
+        groups: dict[tuple, list[JobResult]] = {}
+        for job in self.jobs:
+            groups.setdefault(tuple((k, v) for k, v in job.overrides.items() if k != FOLD_KEY), []).append(job)
+        folds = []
+        for key, jobs in groups.items():
+            ok = [job for job in jobs if job.ok]
+            stats = {name: mean_std([job.metrics.get(name, math.nan) for job in ok]) for name in self.metric_names}
+            folds.append(FoldGroup(dict(key), len(ok), len(jobs), stats))
+        # a configuration that failed on some folds ranks below every complete one
+        return sorted(folds, key=lambda group: (group.folds_ok < group.folds, self.rank(group.stats[self.monitor][0])))
+
+
+def summarize(sweep_dir: Path) -> Summary:
+    """Read every job under ``sweep_dir``, ranked: ok jobs best first by the monitored metric, then the rest."""
+    found = [read_job(f.parent.parent, sweep_dir) for f in sweep_dir.glob("**/.hydra/overrides.yaml")]
+    found.sort(key=lambda pair: job_order(Path(pair[0].name)))
+    records = [record for _, record in found if record.get("monitor")]
+    monitor, mode = (records[0]["monitor"], records[0]["mode"]) if records else ("val/acc", "max")
+    summary = Summary([job for job, _ in found], monitor, mode)
+    summary.jobs.sort(key=lambda job: (not job.ok, summary.rank(job.value)))
+    return summary
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(cell).replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def describe(overrides: dict[str, str], keys: Sequence[str]) -> str:
+    return " ".join(f"{key}={overrides[key]}" for key in keys if key in overrides) or "(no overrides)"
+
+
+def job_status(job: JobResult, monitor: str) -> str:
+    if job.status == "pruned":
+        return f"pruned at epoch {job.metrics.get('epochs')} (last {monitor} {fmt(job.value)})"
+    return "ok" if job.ok else f"{job.status}: {job.error}"
+
+
+def render_markdown(summary: Summary) -> str:
+    keys, names = summary.varying_keys(), summary.metric_names
+    ok = [job for job in summary.jobs if job.ok]
+    pruned = f"{len(summary.pruned)} pruned, " if summary.pruned else ""
+    lines = [
+        f"## Sweep results: {len(summary.jobs)} jobs, {len(ok)} ok, {pruned}{len(summary.failed)} failed "
+        f"(best first by {summary.monitor}, {summary.mode})",
+        "",
+    ]
+    if summary.common_overrides():
+        lines += [f"Same in every job: `{' '.join(summary.common_overrides())}`", ""]
+    rows = [
+        [job.name, *(job.overrides.get(k, "") for k in keys), job_status(job, summary.monitor),
+         *(job.metrics.get(name) for name in names), job.metrics.get("epochs"),
+         "" if job.wall_time_s is None else f"{job.wall_time_s:.1f}"]
+        for job in summary.jobs
+    ]
+    lines += [markdown_table(["job", *keys, "status", *names, "epochs", "wall s"], rows), ""]
+    if ok and not math.isnan(ok[0].value):
+        best = ok[0]
+        lines += [
+            f"Best: job {best.name} ({describe(best.overrides, keys)}): {summary.monitor} {fmt(best.value)}, "
+            f"checkpoint {best.metrics.get('best_ckpt')}",
+            "",
+        ]
+    groups = summary.cross_validation()
+    if groups:
+        config_keys = [k for k in keys if k != FOLD_KEY]
+        rows = [
+            [*(group.overrides.get(k, "") for k in config_keys), f"{group.folds_ok}/{group.folds}",
+             *(f"{fmt(mean)} ± {fmt(std)}" if not math.isnan(std) else fmt(mean) for mean, std in group.stats.values())]
+            for group in groups
+        ]
+        lines += [
+            f"## Cross-validation: mean ± std (sample, n-1) over folds, best first by {summary.monitor}",
+            "",
+            markdown_table([*config_keys, "folds ok", *names], rows),
+            "",
+            f"Best configuration: {describe(groups[0].overrides, config_keys)}",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([["" if cell is None else cell for cell in row] for row in rows])
+
+
+def write_summary(summary: Summary, sweep_dir: Path) -> str:
+    """Write summary.md, summary.csv (every override key, every metric) and summary_folds.csv; return the markdown."""
+    keys, names = summary.override_keys(), summary.metric_names
+    extra = ("epochs", "train_time_s", "best_ckpt")
+    write_csv(
+        sweep_dir / "summary.csv",
+        ["job", *keys, "status", "error", *names, *extra, "wall_time_s"],
+        [[job.name, *(job.overrides.get(k) for k in keys), job.status, job.error,
+          *(job.metrics.get(n) for n in names), *(job.metrics.get(e) for e in extra), job.wall_time_s]
+         for job in summary.jobs],
+    )
+    groups = summary.cross_validation()
+    if groups:
+        config_keys = [k for k in keys if k != FOLD_KEY]
+        write_csv(
+            sweep_dir / "summary_folds.csv",
+            [*config_keys, "folds_ok", "folds", *(f"{name} {stat}" for name in names for stat in ("mean", "std"))],
+            [[*(group.overrides.get(k) for k in config_keys), group.folds_ok, group.folds,
+              *(x for pair in group.stats.values() for x in pair)] for group in groups],
+        )
+    markdown = render_markdown(summary)
+    study = sweep_dir / STUDY_REPORT
+    if study.is_file():
+        markdown += "\n" + study.read_text()
+    (sweep_dir / "summary.md").write_text(markdown)
+    return markdown
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: the results table in the sweep dir and on the console; exit 1 if a job failed.
+
+    At its start: an optimizing sweeper's direction checked against the monitored metric, before any job runs.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_direction(config.hydra.sweeper, *monitored_metric(config))
+        except ConfigError as err:
+            log.error("error: %s", err)
+            raise SystemExit(1) from err
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        summary = summarize(sweep_dir)
+        markdown = write_summary(summary, sweep_dir)
+        print(f"\n{markdown}\nwritten to {sweep_dir / 'summary.md'} and summary.csv", flush=True)
+        if summary.failed:
+            print(f"{len(summary.failed)} of {len(summary.jobs)} jobs failed (see the table)", file=sys.stderr, flush=True)
+            raise SystemExit(1)

@@ -1,0 +1,155 @@
+"""TensorBoard content beyond the per-epoch scalars, as Lightning callbacks (conf/callbacks/inspection.yaml).
+
+- ``HParamsSummary``: the run's hyperparameters as an HParams session, so the HParams tab compares runs
+  and sweep jobs side by side, each with its final metrics;
+- ``TrainingSamples``: a grid of training images as the network sees them (after augmentation);
+- ``ParameterHistograms`` and ``ModelGraph``: weight/gradient histograms per epoch and the network's
+  graph, off by default (``callbacks.parameter_histograms.enabled=true``, ``callbacks.model_graph.enabled=true``).
+
+The test-set confusion matrix and misclassified images come from ``mlplab.evaluation.ErrorAnalysis``,
+which ``eval.py`` shares. Every callback here does nothing when the run has no TensorBoard logger.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+from mlplab.figures import image_grid_figure, to_display
+
+
+def tensorboard_writers(trainer: L.Trainer) -> list[SummaryWriter]:
+    """The SummaryWriters of the run's TensorBoard loggers (none under ``logger=csv``; none off rank 0)."""
+    if not trainer.is_global_zero:
+        return []
+    return [logger.experiment for logger in trainer.loggers if isinstance(logger, TensorBoardLogger)]
+
+
+def flatten_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, float | int | str]:
+    """Nested hyperparameters -> ``{"optimizer.lr": 0.004, "net.hidden_dims": "[512, 256]", ...}``: the value
+    types the HParams plugin accepts (lists and booleans become their text, None becomes "null")."""
+    flat: dict[str, float | int | str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat |= flatten_hparams(value, f"{name}.")
+        elif isinstance(value, bool) or value is None:
+            flat[name] = "null" if value is None else str(value).lower()
+        elif isinstance(value, (int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(list(value) if isinstance(value, tuple) else value)
+    return flat
+
+
+class HParamsSummary(L.Callback):
+    """One HParams session per run: the module's and the data's hyperparameters, plus the trainer's length and
+    precision, keyed as in the checkpoint (``net.*``, ``optimizer.*``, ``scheduler.*``, ``l1``, ``data.*``).
+
+    Only the session is written, not an experiment summary: TensorBoard then builds the table's columns from
+    all sessions under ``--logdir`` (a sweep over optimizers shows both ``optimizer.momentum`` and
+    ``optimizer.betas``), and a session's metrics are the last value of each of its scalars. After
+    ``mlplab.pipeline.train`` those are ``val/*`` and ``test/*`` of the best checkpoint.
+    """
+
+    def __init__(self, exclude: Sequence[str] = ()) -> None:
+        self.exclude = set(exclude)
+        self._session_end = None
+
+    def hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float | int | str]:
+        params = dict(pl_module.hparams)
+        if trainer.datamodule is not None:
+            params["data"] = dict(trainer.datamodule.hparams)
+        params["trainer"] = {"max_epochs": trainer.max_epochs, "precision": trainer.precision}
+        return {k: v for k, v in flatten_hparams(params).items() if k not in self.exclude}
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writers = tensorboard_writers(trainer)
+        if not writers or self._session_end is not None:  # one session per run, even if fit is called again
+            return
+        _, session_start, self._session_end = hparams_summaries(self.hparams(trainer, pl_module), {})
+        for writer in writers:
+            writer._get_file_writer().add_summary(session_start)  # into the run's own event file, as Lightning does
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for writer in tensorboard_writers(trainer):
+            if self._session_end is not None:
+                writer._get_file_writer().add_summary(self._session_end)  # status: success
+
+
+class TrainingSamples(L.Callback):
+    """The first training batch of a run, after augmentation, denormalized and labelled with class names."""
+
+    def __init__(self, count: int = 32) -> None:
+        self.count = count
+        self._done = False
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        writers = tensorboard_writers(trainer)
+        if self._done or not writers or self.count <= 0:
+            return
+        self._done = True
+        images, labels = batch[0][: self.count], batch[1][: self.count].tolist()
+        info = trainer.datamodule.info
+        titles = [trainer.datamodule.class_names[label] for label in labels]
+        for writer in writers:
+            figure = image_grid_figure(to_display(images, info.mean, info.std), titles, title="as the network sees them")
+            writer.add_figure("train/samples", figure, global_step=trainer.global_step)
+
+
+class ParameterHistograms(L.Callback):
+    """Histograms of every parameter at the end of each epoch, and of its gradient at each epoch's first step.
+
+    Off by default: a histogram per parameter per epoch grows the event file and costs a device sync.
+    """
+
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
+        self._gradients_due = False
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._gradients_due = self.enabled
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer) -> None:
+        if not self._gradients_due:
+            return
+        self._gradients_due = False
+        self._log(trainer, pl_module, "gradients", lambda p: p.grad)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.enabled:
+            self._log(trainer, pl_module, "weights", lambda p: p)
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, section: str, tensor_of) -> None:
+        for writer in tensorboard_writers(trainer):
+            for name, parameter in pl_module.named_parameters():
+                values = tensor_of(parameter)
+                if values is not None:
+                    writer.add_histogram(f"{section}/{name}", values.detach().float(), trainer.global_step)
+
+
+class ModelGraph(L.Callback):
+    """The network's graph (TensorBoard's Graphs tab), traced once at the start of fit on one blank image.
+
+    Off by default: tracing takes a moment and the graph of an MLP holds few surprises.
+    """
+
+    def __init__(self, enabled: bool = False) -> None:
+        self.enabled = enabled
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writers = tensorboard_writers(trainer) if self.enabled else []
+        if not writers:
+            return
+        example = torch.zeros(1, *trainer.datamodule.input_shape, device=pl_module.device)
+        was_training = pl_module.training
+        pl_module.eval()  # dropout and batch norm as at inference: a deterministic trace
+        for writer in writers:
+            writer.add_graph(pl_module, example)
+        pl_module.train(was_training)
