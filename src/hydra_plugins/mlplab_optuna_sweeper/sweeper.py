@@ -233,12 +233,15 @@ class OptunaSweeper(Sweeper):
         except ConfigError as err:
             exit_with(err)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if abandoned(trial):
-                self.give_back(study, trial.number, trial.params, "left running by a killed command")
         log.info("Optuna study %s in %s: %d of %d trials done, %s", study.study_name, self.storage_url,
                  self.counted(study), self.n_trials, ", ".join(f"{k}: {v}" for k, v in space.distributions.items()))
-        while (remaining := self.n_trials - self.counted(study)) > 0:
+        while True:
+            for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                if abandoned(trial):  # a command sharing the study was killed: its trial is run again
+                    self.give_back(study, trial.number, trial.params, "left running by a killed command")
+            remaining = self.n_trials - self.counted(study)
+            if remaining <= 0:
+                break
             trials = [self.ask(study, space) for _ in range(min(self.n_jobs, remaining))]
             batch = [fixed + space.overrides(trial.params) + self.job_settings(study, trial.number) for trial in trials]
             try:
