@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, run_script
 from test_sweeps import FAST, compose_hydra, job_files, read_csv, sweep
-from hydra_plugins.mlplab_optuna_sweeper.sweeper import NOT_COUNTED, OWNER, OptunaSweeper
+from hydra_plugins.mlplab_optuna_sweeper.sweeper import NOT_COUNTED, OWNER, OptunaSweeper, SearchSpace
 from mlplab.errors import ConfigError
 from mlplab.studies import open_storage, trial_by_number
 
@@ -189,3 +189,29 @@ def test_a_job_finds_its_trial_by_number_in_the_storage(tmp_path):
     trial.report(0.5, step=1)
     assert study.trials[1].intermediate_values == {1: 0.5} and not study.trials[0].intermediate_values
     assert not math.isnan(trial.number)
+
+
+def test_the_study_report_counts_pruned_trials_and_gives_importances_once_enough_completed(tmp_path):
+    sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
+                            n_trials=5, n_jobs=1, params=None, importance_min_trials=4)
+    sweeper.sweep_dir, sweeper.storage_url = tmp_path, "(in memory)"
+    space = SearchSpace()
+    space.distributions = {"optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+                           "model.dropout": optuna.distributions.FloatDistribution(0.0, 0.4)}
+    study = optuna.create_study(study_name="mlp", direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    for complete in (3, 1):
+        for _ in range(complete):
+            trial = study.ask(space.distributions)
+            study.tell(trial, 1 - trial.params["model.dropout"])
+        trial = study.ask(space.distributions)
+        trial.report(0.1, step=1)
+        study.tell(trial, state=TrialState.PRUNED)
+        sweeper.write_results(study, space, ["trainer.max_epochs=1"])
+        report = (tmp_path / "study.md").read_text()
+        if complete == 3:
+            assert "4 trials: 3 complete, 1 pruned, 0 failed" in report and "after 4 complete trials" in report
+    assert "6 trials: 4 complete, 2 pruned, 0 failed" in report
+    rows = [line.strip("| ").split(" | ") for line in report.splitlines() if line.startswith(("| model.", "| optimizer."))]
+    assert {name for name, _ in rows} == set(space.distributions)
+    assert sum(float(value) for _, value in rows) == pytest.approx(1.0, abs=0.01)  # Optuna's normalized importances
+    assert (tmp_path / "best_overrides.txt").read_text().startswith("trainer.max_epochs=1\noptimizer.lr=")
