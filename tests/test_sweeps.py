@@ -27,7 +27,8 @@ FAST = [
 
 
 def sweep(sweep_dir: Path, *args: str, data_dir: Path):
-    result = run_script("train.py", "-m", *args, *FAST, f"hydra.sweep.dir={sweep_dir}", data_dir=data_dir)
+    fast = [arg for arg in FAST if arg.partition("=")[0] not in {a.partition("=")[0] for a in args}]  # args win
+    result = run_script("train.py", "-m", *args, *fast, f"hydra.sweep.dir={sweep_dir}", data_dir=data_dir)
     (sweep_dir / "output.txt").write_text(result.stdout + result.stderr)
     return result
 
@@ -167,6 +168,12 @@ def test_optuna_search_runs_its_trials_as_submitit_local_jobs(data_dir, tmp_path
     assert all(r["optimizer.lr"] and r["model.hidden_dims"].startswith("[") for r in rows)  # sampled per trial
     optuna_best = yaml.safe_load((tmp_path / "optimization_results.yaml").read_text())
     assert optuna_best["best_value"] == pytest.approx(float(rows[0]["val/acc"]))
+    import optuna  # the submitit jobs reported every validation to their trials through the study's journal
+
+    from mlplab.studies import open_storage
+
+    trials = optuna.load_study(study_name="mlp", storage=open_storage(str(tmp_path / "optuna.journal"))).trials
+    assert [len(t.intermediate_values) for t in trials] == [1, 1]
 
 
 # --- launcher configs -----------------------------------------------------------------------------------------

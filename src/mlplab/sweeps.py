@@ -4,7 +4,8 @@ Two pieces, each a mechanism Hydra provides:
 
 ``recorded_sweep_job`` wraps the task function (``main`` in ``train.py``). In a multirun it writes
 ``job.json`` into the job's dir (status, the monitored metric, wall time, the one-line reason of a failure),
-and a failing job does not end the sweep. Hydra's launchers catch a job's exception into its ``JobReturn``,
+and a failing job does not end the sweep. A job an Optuna pruner stopped (``TrialPruned``, raised by
+``mlplab.pruning.OptunaPruning``) is recorded as ``pruned``, with the epoch and its last metric: not a failure. Hydra's launchers catch a job's exception into its ``JobReturn``,
 but the sweepers (basic, Optuna) then read ``return_value``, which re-raises it and abandons the jobs still
 to run. So the wrapper catches the failure itself: it logs it (with the traceback, in the job's log),
 records it and returns NaN. The basic sweeper goes on to the next job; the Optuna sweeper marks a NaN trial
@@ -13,7 +14,9 @@ failed and goes on sampling. ``HYDRA_FULL_ERROR=1`` re-raises instead, to stop a
 ``SweepSummary`` is a Hydra callback (``hydra.callbacks`` in conf/train.yaml): ``on_multirun_end`` reads
 every job's overrides, ``job.json`` and ``metrics.json``, writes ``summary.csv`` and ``summary.md`` into the
 sweep dir (plus ``summary_folds.csv`` when jobs differ in ``data.fold``), prints the table, and ends the
-command with exit status 1 when a job failed. Hydra turns an exception raised by a callback into a warning,
+command with exit status 1 when a job failed (pruned jobs are not failures). An optimizing sweeper may leave
+``study.md`` in the sweep dir (the project's Optuna sweeper does: the study's counts, best trial, importances);
+it is appended to the summary. Hydra turns an exception raised by a callback into a warning,
 so that exit is a ``SystemExit``.
 """
 
@@ -45,8 +48,18 @@ from mlplab.errors import ConfigError, user_error_in
 log = logging.getLogger(__name__)
 
 JOB_RECORD = "job.json"
+NOT_FAILED = ("ok", "pruned", "retried")  # statuses that leave the exit status 0
+STUDY_REPORT = "study.md"  # an optimizing sweeper's report, appended to summary.md
 FOLD_KEY = "data.fold"
 METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")
+
+
+class TrialPruned(Exception):
+    """A search's pruner stopped this job after ``epoch`` epochs, when ``monitor`` was ``value``."""
+
+    def __init__(self, epoch: int, monitor: str, value: float) -> None:
+        super().__init__(f"pruned at epoch {epoch} ({monitor} {value:.4f})")
+        self.epoch, self.monitor, self.value = epoch, monitor, value
 
 
 def monitored_metric(cfg: DictConfig) -> tuple[str, str]:
@@ -116,6 +129,10 @@ def recorded_sweep_job(task: Callable[[DictConfig], float]) -> Callable[[DictCon
         try:
             value = float(task(cfg))
             record |= {"status": "ok", "value": value}
+        except TrialPruned as pruned:  # the search stopped it on purpose: recorded, and the sweep goes on
+            value = math.nan
+            record |= {"status": "pruned", "value": pruned.value, "epoch": pruned.epoch}
+            log.info("job %s", pruned)
         except Exception as err:  # any failure: the other jobs of the sweep still deserve to run
             value = math.nan
             record |= {"status": "failed", "error": one_line(err)}
@@ -141,7 +158,7 @@ class JobResult:
 
     name: str  # the job's dir, relative to the sweep dir
     overrides: dict[str, str]
-    status: str  # ok | failed | interrupted (Ctrl-C, SIGTERM) | unfinished (no job.json: killed, or still running)
+    status: str  # ok | pruned | retried (a search ran its trial again) | failed | interrupted (Ctrl-C, SIGTERM) | unfinished (no job.json: killed, or still running)
     error: str = ""
     value: float = math.nan  # the monitored metric
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -159,6 +176,8 @@ def read_job(job_dir: Path, sweep_dir: Path) -> tuple[JobResult, dict[str, Any]]
     record_file, metrics_file = job_dir / JOB_RECORD, job_dir / "metrics.json"
     record = json.loads(record_file.read_text()) if record_file.is_file() else {}
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() and record.get("status") == "ok" else {}
+    if record.get("status") == "pruned":  # no best checkpoint tested: the last reported metric, and when
+        metrics = {record["monitor"]: record["value"], "epochs": record["epoch"]}
     value = record.get("value")
     result = JobResult(
         name=job_dir.relative_to(sweep_dir).as_posix(),
@@ -205,7 +224,11 @@ class Summary:
 
     @property
     def failed(self) -> list[JobResult]:
-        return [job for job in self.jobs if not job.ok]
+        return [job for job in self.jobs if job.status not in NOT_FAILED]
+
+    @property
+    def pruned(self) -> list[JobResult]:
+        return [job for job in self.jobs if job.status == "pruned"]
 
     @property
     def metric_names(self) -> list[str]:
@@ -273,18 +296,25 @@ def describe(overrides: dict[str, str], keys: Sequence[str]) -> str:
     return " ".join(f"{key}={overrides[key]}" for key in keys if key in overrides) or "(no overrides)"
 
 
+def job_status(job: JobResult, monitor: str) -> str:
+    if job.status == "pruned":
+        return f"pruned at epoch {job.metrics.get('epochs')} (last {monitor} {fmt(job.value)})"
+    return "ok" if job.ok else f"{job.status}: {job.error}"
+
+
 def render_markdown(summary: Summary) -> str:
     keys, names = summary.varying_keys(), summary.metric_names
     ok = [job for job in summary.jobs if job.ok]
+    pruned = f"{len(summary.pruned)} pruned, " if summary.pruned else ""
     lines = [
-        f"## Sweep results: {len(summary.jobs)} jobs, {len(ok)} ok, {len(summary.failed)} failed "
+        f"## Sweep results: {len(summary.jobs)} jobs, {len(ok)} ok, {pruned}{len(summary.failed)} failed "
         f"(best first by {summary.monitor}, {summary.mode})",
         "",
     ]
     if summary.common_overrides():
         lines += [f"Same in every job: `{' '.join(summary.common_overrides())}`", ""]
     rows = [
-        [job.name, *(job.overrides.get(k, "") for k in keys), "ok" if job.ok else f"{job.status}: {job.error}",
+        [job.name, *(job.overrides.get(k, "") for k in keys), job_status(job, summary.monitor),
          *(job.metrics.get(name) for name in names), job.metrics.get("epochs"),
          "" if job.wall_time_s is None else f"{job.wall_time_s:.1f}"]
         for job in summary.jobs
@@ -344,6 +374,9 @@ def write_summary(summary: Summary, sweep_dir: Path) -> str:
               *(x for pair in group.stats.values() for x in pair)] for group in groups],
         )
     markdown = render_markdown(summary)
+    study = sweep_dir / STUDY_REPORT
+    if study.is_file():
+        markdown += "\n" + study.read_text()
     (sweep_dir / "summary.md").write_text(markdown)
     return markdown
 

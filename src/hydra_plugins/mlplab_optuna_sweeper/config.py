@@ -1,0 +1,89 @@
+"""The sweeper's configs, registered in Hydra's ConfigStore: ``hydra/sweeper=mlplab_optuna`` with its
+``hydra/sweeper/sampler`` (tpe, random) and ``hydra/sweeper/pruner`` (none, median, hyperband, successive_halving).
+
+The keys are those of Hydra's own Optuna sweeper (hydra-optuna-sweeper, which needs optuna < 3): sampler,
+direction, study_name, storage, n_trials, n_jobs, params, and its sampler group, so that a search config
+switches between the two with its ``override /hydra/sweeper: ...`` line. Added here: pruner, trial (set per
+job), importance_min_trials.
+"""
+
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+
+
+@dataclass
+class TPESamplerConf:
+    _target_: str = "optuna.samplers.TPESampler"
+    seed: Optional[int] = None
+    n_startup_trials: int = 10      # random trials before TPE models the results
+    n_ei_candidates: int = 24
+    multivariate: Optional[bool] = None
+    constant_liar: bool = True      # trials still running count as bad guesses: parallel workers spread out
+
+
+@dataclass
+class RandomSamplerConf:
+    _target_: str = "optuna.samplers.RandomSampler"
+    seed: Optional[int] = None
+
+
+@dataclass
+class NopPrunerConf:
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class MedianPrunerConf:
+    """Stop a trial whose metric at step n is worse than the median of earlier trials at step n."""
+
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 5       # trials that finish before any is pruned
+    n_warmup_steps: int = 0         # epochs every trial runs before it can be pruned
+    interval_steps: int = 1
+    n_min_trials: int = 1
+
+
+@dataclass
+class HyperbandPrunerConf:
+    """Successive halving in several brackets of different aggressiveness; steps are epochs."""
+
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1           # epochs before the first cut
+    max_resource: Any = "auto"      # epochs of a full trial; auto: those of the first trial that completes
+    reduction_factor: int = 3       # 1 in reduction_factor trials survive each cut
+
+
+@dataclass
+class SuccessiveHalvingPrunerConf:
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = "auto"
+    reduction_factor: int = 4
+    min_early_stopping_rate: int = 0
+
+
+@dataclass
+class OptunaSweeperConf:
+    _target_: str = "hydra_plugins.mlplab_optuna_sweeper.sweeper.OptunaSweeper"
+    defaults: List[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": "none"}])
+    sampler: Any = None
+    pruner: Any = None              # a pruner config (hydra/sweeper/pruner=...) or its name (hydra.sweeper.pruner=median)
+    direction: str = "minimize"     # the objective is what the task function returns
+    study_name: Optional[str] = None
+    storage: Optional[str] = None   # RDB URL or journal file path; null: <sweep dir>/optuna.journal
+    n_trials: int = 20              # trials in the study, counting those earlier commands finished
+    n_jobs: int = 1                 # trials launched together (run in parallel by a parallel launcher)
+    params: Optional[Dict[str, Any]] = None   # the search space: key -> interval / tag(log, ...) / choice / range
+    importance_min_trials: int = 8  # completed trials before the summary gives parameter importances
+    trial: Optional[int] = None     # set by the sweeper on each job: the trial the job reports to
+
+
+store = ConfigStore.instance()
+store.store(group="hydra/sweeper", name="mlplab_optuna", node=OptunaSweeperConf, provider="mlplab")
+for name, node in (("tpe", TPESamplerConf), ("random", RandomSamplerConf)):
+    store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="mlplab")
+for name, node in (("none", NopPrunerConf), ("median", MedianPrunerConf), ("hyperband", HyperbandPrunerConf),
+                   ("successive_halving", SuccessiveHalvingPrunerConf)):
+    store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="mlplab")

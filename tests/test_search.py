@@ -1,0 +1,215 @@
+"""Optuna search: `python train.py -m hparams_search=mlp_optuna` on Optuna >= 4, with pruning, studies that
+outlive a command (resumed, shared by parallel commands), the best trial as a command, and a search space
+checked before any trial. Tiny networks, one or two epochs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from conftest import ROOT, run_script
+from test_sweeps import FAST, compose_hydra, job_files, read_csv, sweep
+from hydra_plugins.mlplab_optuna_sweeper.sweeper import NOT_COUNTED, OWNER, OptunaSweeper, SearchSpace
+from mlplab.errors import ConfigError
+from mlplab.studies import open_storage, trial_by_number
+
+SEARCH = ["hparams_search=mlp_optuna", "model.hidden_dims=choice([8],[16])", "hydra.sweeper.sampler.n_startup_trials=2",
+          "hydra/sweeper/pruner=none"]
+
+
+def load(storage: str | Path, name: str = "mlp") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=open_storage(str(storage)))
+
+
+# --- pruning: a hopeless trial stops after its first epoch, recorded as pruned, and the sweep succeeds ----------
+
+
+@pytest.fixture(scope="module")
+def pruned_search(data_dir, tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("pruned")
+    result = sweep(
+        sweep_dir, *SEARCH, "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=median",
+        "hydra.sweeper.pruner.n_startup_trials=1", "trainer.max_epochs=2", data_dir=data_dir,
+    )
+    return sweep_dir, result
+
+
+def test_a_pruned_trial_is_recorded_as_pruned_not_failed(pruned_search):
+    sweep_dir, result = pruned_search
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(sweep_dir / "optuna.journal")
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert len(study.trials) == 4 and pruned
+    records = job_files(sweep_dir, "job.json")
+    for trial in pruned:  # the job's record says when it stopped and what it last reported
+        record = records[str(trial.number)]
+        assert (record["status"], record["epoch"]) == ("pruned", trial.last_step)
+        assert record["value"] == pytest.approx(trial.intermediate_values[trial.last_step])
+        assert not (sweep_dir / str(trial.number) / "metrics.json").exists()  # stopped at once: no test pass
+    rows = {r["job"]: r for r in read_csv(sweep_dir / "summary.csv")}
+    assert {job for job, r in rows.items() if r["status"] == "pruned"} == {str(t.number) for t in pruned}
+    assert all(r["status"] in ("ok", "pruned") for r in rows.values())
+    summary = (sweep_dir / "summary.md").read_text()
+    assert f"{len(pruned)} pruned, 0 failed" in summary and "pruned at epoch " in summary
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert complete and all(list(t.intermediate_values) == [1, 2] for t in complete)  # each epoch's validation
+
+
+def test_the_best_trial_is_written_as_a_command_that_reproduces_it(pruned_search, data_dir, tmp_path):
+    sweep_dir, _ = pruned_search
+    best = yaml.safe_load((sweep_dir / "best.yaml").read_text())
+    study = load(sweep_dir / "optuna.journal")
+    assert (best["trial"], best["value"]) == (study.best_trial.number, study.best_value)
+    overrides = (sweep_dir / "best_overrides.txt").read_text().split()
+    assert overrides == best["overrides"] and best["command"].startswith("python ")
+    assert f"model.hidden_dims={study.best_params['model.hidden_dims']}" in overrides
+    result = run_script("train.py", *overrides, f"hydra.run.dir={tmp_path}", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["val/acc"] == pytest.approx(best["value"], abs=1e-6)
+
+
+# --- a killed search resumed by two commands working on the same study at once ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def resumed(data_dir, tmp_path_factory):
+    """Command A is killed while its second trial runs; B (A's sweep dir) and C (its own) then finish the study."""
+    first, other = tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("other")
+    journal = first / "optuna.journal"
+    args = [*SEARCH, *FAST, "hydra.sweeper.n_trials=4", f"hydra.sweeper.storage={journal}"]
+    env = os.environ | {"DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"}
+
+    def command(sweep_dir: Path) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", *args, f"hydra.sweep.dir={sweep_dir}"],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    killed = command(first)
+    deadline = time.monotonic() + 120
+    while not (first / "1" / ".hydra").is_dir() and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    before = load(journal).trials
+    workers = [command(first), command(other)]
+    outputs = [worker.communicate(timeout=300)[0] for worker in workers]
+    return journal, first, other, before, [worker.returncode for worker in workers], outputs
+
+
+def test_a_killed_search_resumes_and_its_finished_trials_count(resumed):
+    journal, first, other, before, returncodes, outputs = resumed
+    assert returncodes == [0, 0], "\n".join(o[-2000:] for o in outputs)
+    [abandoned] = [t for t in before if t.state == TrialState.RUNNING]  # the trial the kill interrupted
+    trials = load(journal).trials
+    counted = [t for t in trials if NOT_COUNTED not in t.user_attrs]
+    assert len(counted) == 4 and all(t.state == TrialState.COMPLETE for t in counted)
+    assert {t.number for t in before if t.state == TrialState.COMPLETE} <= {t.number for t in counted}
+    assert trials[abandoned.number].state == TrialState.FAIL  # failed out of the count, its values asked again:
+    [retry] = [t for t in counted if t.user_attrs.get("retry_of") == abandoned.number]
+    assert retry.params == abandoned.params
+    record = json.loads((first / str(abandoned.number) / "job.json").read_text())
+    assert record["status"] == "retried"
+
+
+def test_two_commands_share_one_study_without_repeating_a_trial(resumed):
+    journal, first, other, before, returncodes, outputs = resumed
+    counted = [t for t in load(journal).trials if NOT_COUNTED not in t.user_attrs]
+    started_before = {t.number for t in before}
+    later = [t for t in counted if t.number not in started_before or t.user_attrs.get("retry_of") is not None]
+    assert len({t.user_attrs[OWNER] for t in later}) == 2  # both commands ran trials
+    params = [tuple(sorted(t.params.items())) for t in counted]
+    assert len(set(params)) == len(params)  # no configuration ran twice
+    ran = {int(p.parent.name) for d in (first, other) for p in d.glob("*/job.json")
+           if json.loads(p.read_text())["status"] == "ok"}
+    assert ran == {t.number for t in counted}  # one job dir per trial, named by its number
+    assert "4 trials: 4 complete" in (first / "summary.md").read_text() + (other / "summary.md").read_text()
+
+
+# --- the search space is checked before any trial -----------------------------------------------------------------
+
+
+def test_a_bad_search_space_entry_is_refused_in_one_line_before_any_trial(data_dir, tmp_path):
+    result = sweep(tmp_path, *SEARCH, "model.dropout=interval(0.5,0.1)", data_dir=data_dir)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    [line] = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
+    assert "search space model.dropout=interval(0.5,0.1): " in line and "low" in line and "allowed: interval(" in line
+    assert not list(tmp_path.glob("*/job.json")) and not (tmp_path / "optuna.journal").exists()
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("model.dropout=interval(0.0,1.5)", "model.dropout=1.5 must be a number in [0, 1)"),
+        ("optimizer.lr=tag(log,interval(0,0.1))", "optimizer.lr=tag(log,interval(0,0.1)): "),
+        ("optimizer.lrr=interval(0.1,0.2)", "optimizer.lrr is not a setting; did you mean optimizer.lr?"),
+        ("data.batch_size=range(64,16)", "the range is empty"),
+    ],
+)
+def test_search_space_entries_are_checked_against_the_config(entry, message):
+    sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
+                            n_trials=1, n_jobs=1, params=None)
+    sweeper.config = compose_hydra(["hparams_search=mlp_optuna"])
+    with pytest.raises(ConfigError, match=f"search space .*{message.replace('(', '.').replace(')', '.').replace('[', '.')}"):
+        sweeper.search_space([entry])
+
+
+def test_the_search_space_keeps_hydras_syntax():
+    sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
+                            n_trials=1, n_jobs=1, params=compose_hydra(["hparams_search=mlp_optuna"]).hydra.sweeper.params)
+    sweeper.config = compose_hydra(["hparams_search=mlp_optuna"])
+    space, fixed = sweeper.search_space(["trainer.max_epochs=3", "data.batch_size=64", "data.val_size=range(100,400,100)"])
+    d = space.distributions
+    assert d["optimizer.lr"] == optuna.distributions.FloatDistribution(3e-4, 1e-2, log=True)
+    assert d["model.dropout"] == optuna.distributions.FloatDistribution(0.0, 0.4)
+    assert d["model.hidden_dims"].choices[:3] == ("[256]", "[512]", "[512,256]")
+    assert "data.batch_size" not in d and fixed == ["trainer.max_epochs=3", "data.batch_size=64"]  # the command line wins
+    assert d["data.val_size"] == optuna.distributions.IntDistribution(100, 300, step=100)
+    assert space.overrides({"model.hidden_dims": "[512,256]", "optimizer.lr": 0.001}) == [
+        "model.hidden_dims=[512,256]", "optimizer.lr=0.001"]
+
+
+def test_a_job_finds_its_trial_by_number_in_the_storage(tmp_path):
+    """mlplab.studies.trial_by_number relies on Trial(study, trial_id): if Optuna changes it, this fails."""
+    storage = open_storage(str(tmp_path / "study.journal"))
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    asked = [study.ask() for _ in range(2)]
+    elsewhere = optuna.load_study(study_name="s", storage=open_storage(str(tmp_path / "study.journal")))
+    trial = trial_by_number(elsewhere, open_storage(str(tmp_path / "study.journal")), asked[1].number)
+    trial.report(0.5, step=1)
+    assert study.trials[1].intermediate_values == {1: 0.5} and not study.trials[0].intermediate_values
+
+
+def test_the_study_report_counts_pruned_trials_and_gives_importances_once_enough_completed(tmp_path):
+    sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
+                            n_trials=5, n_jobs=1, params=None, importance_min_trials=4)
+    sweeper.sweep_dir, sweeper.storage_url = tmp_path, "(in memory)"
+    space = SearchSpace()
+    space.distributions = {"optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+                           "model.dropout": optuna.distributions.FloatDistribution(0.0, 0.4)}
+    study = optuna.create_study(study_name="mlp", direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    for complete in (3, 1):
+        for _ in range(complete):
+            trial = study.ask(space.distributions)
+            study.tell(trial, 1 - trial.params["model.dropout"])
+        trial = study.ask(space.distributions)
+        trial.report(0.1, step=1)
+        study.tell(trial, state=TrialState.PRUNED)
+        sweeper.write_results(study, space, ["trainer.max_epochs=1"])
+        report = (tmp_path / "study.md").read_text()
+        if complete == 3:
+            assert "4 trials: 3 complete, 1 pruned, 0 failed" in report and "after 4 complete trials" in report
+    assert "6 trials: 4 complete, 2 pruned, 0 failed" in report
+    rows = [line.strip("| ").split(" | ") for line in report.splitlines() if line.startswith(("| model.", "| optimizer."))]
+    assert {name for name, _ in rows} == set(space.distributions)
+    assert sum(float(value) for _, value in rows) == pytest.approx(1.0, abs=0.01)  # Optuna's normalized importances
+    assert (tmp_path / "best_overrides.txt").read_text().startswith("trainer.max_epochs=1\noptimizer.lr=")
