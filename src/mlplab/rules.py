@@ -118,6 +118,9 @@ optional_path = or_null(path, "for the default")
 metric = one_of(("val/acc", "val/loss", "train/acc", "train/loss"))
 min_or_max = one_of(("min", "max"))
 seed = integer(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)")
+epochs_or_auto: Rule = (lambda v: v == "auto" or is_integer(v) and v >= 1, "auto or a number of epochs >= 1")
+pruner: Rule = (lambda v: isinstance(v, Mapping) or v in ("none", "median", "hyperband", "successive_halving"),
+                "none, median, hyperband or successive_halving (hydra/sweeper/pruner=<name> for its settings)")
 
 RULES: dict[str, Rule] = {
     # top level (train.py, finetune.py)
@@ -266,8 +269,26 @@ RULES: dict[str, Rule] = {
     "hydra.sweeper.sampler.consider_prior": boolean,
     "hydra.sweeper.sampler.consider_magic_clip": boolean,
     "hydra.sweeper.sampler.consider_endpoints": boolean,
-    "hydra.sweeper.sampler.multivariate": boolean,
+    "hydra.sweeper.sampler.multivariate": or_null(boolean, "for Optuna's default"),
     "hydra.sweeper.sampler.warn_independent_sampling": boolean,
+    "hydra.sweeper.sampler.constant_liar": boolean,
+    "hydra.sweeper.importance_min_trials": count,
+    "hydra.sweeper.trial": or_null(non_negative_integer, "outside a search (the sweeper sets it per job)"),
+    "hydra.sweeper.pruner": or_null(pruner, "for none"),
+    "hydra.sweeper.pruner.n_startup_trials": non_negative_integer,
+    "hydra.sweeper.pruner.n_warmup_steps": non_negative_integer,
+    "hydra.sweeper.pruner.interval_steps": count,
+    "hydra.sweeper.pruner.n_min_trials": count,
+    "hydra.sweeper.pruner.min_resource": epochs_or_auto,
+    "hydra.sweeper.pruner.max_resource": epochs_or_auto,
+    "hydra.sweeper.pruner.reduction_factor": integer(lambda v: v >= 2, "an integer >= 2"),
+    "hydra.sweeper.pruner.min_early_stopping_rate": non_negative_integer,
+    # the pruning callback (hparams_search=mlp_optuna) reads the sweeper's settings
+    "callbacks.optuna_pruning.monitor": metric,
+    "callbacks.optuna_pruning.storage": or_null(text, "outside a search"),
+    "callbacks.optuna_pruning.study_name": or_null(text, "outside a search"),
+    "callbacks.optuna_pruning.trial": or_null(non_negative_integer, "outside a search"),
+    "callbacks.optuna_pruning.pruner": or_null(pruner, "for none"),
 }
 
 

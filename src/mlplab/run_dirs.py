@@ -10,7 +10,7 @@ sweep, so a run or a sweep resolves its directory once.
 
 A directory given by hand (``hydra.run.dir=X``) that already holds another run (its ``.hydra/`` record or
 ``metrics.json``) is refused in one line, unless the command resumes that run (``ckpt_path`` inside X, the resume
-command ``mlplab.faults.ReportInterruption`` prints).
+command ``mlplab.faults.ReportInterruption`` prints), or continues the Optuna study kept in that sweep dir.
 """
 
 from __future__ import annotations
@@ -70,6 +70,19 @@ def refuse_used_dir(config: DictConfig, key: str) -> None:
     ckpt_path = OmegaConf.select(config, "ckpt_path", default=None, throw_on_missing=False)
     if ckpt_path and directory.resolve() in Path(str(ckpt_path)).resolve().parents:
         return  # the documented resume: the run continues in its own directory
+    if key == "hydra.sweep.dir" and continues_search(config, directory):
+        return  # an Optuna study kept in this sweep dir: new trials get job dirs of their own (their trial numbers)
     resume = f", or to resume that run: ckpt_path={directory}/checkpoints/last.ckpt {key}={directory}" if key == "hydra.run.dir" else ""
     raise ConfigError(f"{key}={directory} already holds another run ({', '.join(found)}); leave {key} out for a new "
                       f"directory of its own{resume}")
+
+
+def continues_search(config: DictConfig, directory: Path) -> bool:
+    """An optimizing sweeper whose study storage (a journal file or sqlite database) lies inside ``directory``;
+    with no storage given, the sweeper keeps its study in ``<sweep dir>/optuna.journal``."""
+    sweeper = OmegaConf.select(config, "hydra.sweeper", default=None)
+    if not isinstance(sweeper, DictConfig) or "params" not in sweeper:
+        return False
+    storage = str(sweeper.get("storage") or directory / "optuna.journal")
+    study_file = Path(storage.removeprefix("sqlite:///"))
+    return study_file.is_file() and directory.resolve() in study_file.resolve().parents

@@ -42,8 +42,9 @@ try:
 except ImportError:  # the `sweep` extra is not installed; Hydra still imports this module whenever it starts
     optuna = None
 
-from mlplab.config import dotted_keys, violations
+from mlplab.config import dotted_keys
 from mlplab.errors import ConfigError, exit_with
+from mlplab.rules import problems
 from mlplab.studies import build_pruner, open_storage, trial_by_number
 from mlplab.sweeps import JOB_RECORD, STUDY_REPORT
 
@@ -113,7 +114,7 @@ class SearchSpace:
 
     @staticmethod
     def check_values(key: str, candidates: list[Any], config: DictConfig, entry: str) -> None:
-        """Every choice, and both ends of a range, must be a value the config accepts (mlplab.config's rules)."""
+        """Every choice, and both ends of a range, must be a value the config accepts (mlplab.rules)."""
         name = key.lstrip("+~")
         if OmegaConf.select(config, name, default=ABSENT) is ABSENT and not key.startswith("+"):
             close = get_close_matches(name, list(dotted_keys(config)), n=1)
@@ -122,11 +123,9 @@ class SearchSpace:
         if isinstance(OmegaConf.select(config, name, default=None), DictConfig):
             return  # a config group's options: Hydra checks the names
         for value in candidates:
-            trial = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
-            OmegaConf.update(trial, name, value, force_add=True)
-            for bad_key, bad, allowed in violations(trial):
-                if bad_key == name:
-                    raise ConfigError(f"search space {entry}: {name}={bad} must be {allowed}")
+            found = problems({name: value})
+            if found:
+                raise ConfigError(f"search space {entry}: {found[0]}")
 
     def overrides(self, params: dict[str, Any]) -> list[str]:
         return [f"{key}={self.choice_texts.get(key, {}).get(value, override_value(value))}" for key, value in params.items()]
