@@ -253,6 +253,9 @@ class OptunaSweeper(Sweeper):
             self.job_idx += len(batch)
             for trial, job in zip(trials, returns):
                 self.tell(study, trial, job)
+        for trial in study.get_trials(deepcopy=False):  # another command sharing the study may have given it back
+            if NOT_COUNTED in trial.user_attrs:
+                self.mark_retried(trial.number, trial.user_attrs[NOT_COUNTED])
         self.write_results(study, space, fixed)
 
     def ask(self, study: Any, space: SearchSpace) -> Any:
@@ -288,8 +291,12 @@ class OptunaSweeper(Sweeper):
         study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
         study.enqueue_trial(params, user_attrs={"retry_of": number})
         log.warning("trial %d %s: queued to run again", number, reason)
+        self.mark_retried(number, reason)
+
+    def mark_retried(self, number: int, reason: str) -> None:
+        """A job dir of this sweep whose trial was given back: the summary shows it, not as a failure."""
         job_dir = self.sweep_dir / str(number)
-        if job_dir.is_dir() and not (job_dir / JOB_RECORD).exists():  # the summary shows it, not as a failure
+        if job_dir.is_dir() and not (job_dir / JOB_RECORD).exists():
             record = {"status": "retried", "error": f"{reason}; its values are queued to run again"}
             (job_dir / JOB_RECORD).write_text(json.dumps(record, indent=2) + "\n")
 
