@@ -34,6 +34,7 @@ from mlplab.data import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.figures import confusion_matrix_figure, image_grid_figure, to_display
 from mlplab.pipeline import build_datamodule, build_trainer
+from mlplab.run_record import note_data, warn_if_data_changed
 from mlplab.tensorboard_extras import tensorboard_writers
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"split={cfg.split!r} is not known; choose test (the official test set) or val")
     trained = load_trained_from_config(cfg)
     datamodule = evaluation_datamodule(cfg, trained)
+    warn_if_data_changed(trained.origin, note_data(datamodule))
     trainer = build_trainer(cfg)
     analysis = next((cb for cb in trainer.callbacks if isinstance(cb, ErrorAnalysis)), None)
     if analysis is None or cfg.split not in analysis.splits:

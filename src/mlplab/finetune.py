@@ -24,6 +24,7 @@ from mlplab.errors import ConfigError
 from mlplab.module import ClassifierModule
 from mlplab.pipeline import build_datamodule, build_module, build_trainer, compile_network, fit_and_report, start_run
 from mlplab.pretrained import PretrainedNet, load_pretrained
+from mlplab.run_record import note_data, report_origin, warn_if_data_changed
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,10 @@ def finetune(cfg: DictConfig) -> float:
     """Fine-tune ``cfg.pretrained`` on ``cfg.data``; returns the best checkpoint's monitored metric (like train)."""
     validate(cfg)
     pretrained = load_pretrained(cfg.get("pretrained"))
+    origin = report_origin(pretrained.path, key="pretrained")
     start_run(cfg)
     datamodule = build_datamodule(cfg)
+    warn_if_data_changed(origin, note_data(datamodule))
     module, reset_head = pretrained_module(cfg, datamodule, pretrained)
     freezing = layer_freezing(cfg.finetune, module.net, cfg.trainer.max_epochs)
     trainer = build_trainer(cfg, extra_callbacks=[freezing] if freezing else [])

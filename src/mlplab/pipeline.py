@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from mlplab.config import validate
 from mlplab.data import MNISTDataModule
 from mlplab.module import ClassifierModule
+from mlplab.run_record import note_data
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,9 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_an_adve
 
 
 def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
-    return instantiate(cfg.data, _convert_="all")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    note_data(datamodule)  # the SHA-256 of its files into run.json
+    return datamodule
 
 
 def build_module(
