@@ -245,7 +245,7 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.samples_per_class={samples_per_class} must be a whole number >= 1 (images per class)")
         if train_fraction is not None and not 0 < train_fraction <= 1:
             raise ConfigError(f"data.train_fraction={train_fraction} must be in (0, 1]")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # loggers get flat names from tensorboard_extras.HParamsSummary
         self.info = DATASETS[dataset]
         self.label_map = class_label_map(classes, len(self.info.class_names))  # None: every label, unchanged
         self.augment = BatchAffine(**augment) if augment and augment.get("enabled", True) else None

@@ -35,7 +35,7 @@ from mlplab.errors import ConfigError
 from mlplab.figures import confusion_matrix_figure, image_grid_figure, to_display
 from mlplab.pipeline import build_datamodule, build_trainer
 from mlplab.run_record import note_data, warn_if_data_changed
-from mlplab.tensorboard_extras import tensorboard_writers
+from mlplab.tracking import image_loggers, log_figure
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +156,9 @@ class ErrorAnalysis(L.Callback):
             to_display(images, info.mean, info.std), true, predicted, confidence,
         )
         self.reports[self._split] = report
-        for writer in tensorboard_writers(trainer):
-            writer.add_figure(f"{self._split}/confusion_matrix", report.confusion_figure(), trainer.global_step)
-            writer.add_figure(f"{self._split}/misclassified", report.mistakes_figure(), trainer.global_step)
+        if image_loggers(trainer):
+            log_figure(trainer, f"{self._split}/confusion_matrix", report.confusion_figure())
+            log_figure(trainer, f"{self._split}/misclassified", report.mistakes_figure())
         self._split = None
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -42,7 +42,7 @@ class ClassifierModule(L.LightningModule):
             raise ConfigError(f"regularization.l1={l1} must be >= 0")
         if not 0 <= label_smoothing < 1:
             raise ConfigError(f"regularization.label_smoothing={label_smoothing} must be in [0, 1)")
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # loggers get flat names from tensorboard_extras.HParamsSummary
         self.net = instantiate(net)
         num_classes = net["num_classes"]
         # Metrics accumulate on the device and are read once per epoch: nothing in a step waits for the host.

@@ -23,6 +23,7 @@ from mlplab.config import validate
 from mlplab.data import MNISTDataModule
 from mlplab.module import ClassifierModule
 from mlplab.run_record import note_data
+from mlplab.tracking import record_outcome
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +152,7 @@ def fit_and_report(
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        record_outcome(trainer, output_dir, metrics)
         log.info(
             "val/acc %.4f  val/loss %.4f  test/acc %.4f  test/loss %.4f  (%d epochs, %.1f s training)",
             metrics["val/acc"], metrics["val/loss"], metrics["test/acc"], metrics["test/loss"],

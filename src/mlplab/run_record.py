@@ -27,7 +27,7 @@ import shlex
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -313,15 +313,3 @@ def warn_if_data_changed(origin: dict[str, Any] | None, hashes: dict[str, str]) 
                     "(SHA-256 in its run.json); results are not comparable", ", ".join(changed), origin.get("run_dir"))
     return changed
 
-
-def tracker_runs(run_dirs: Iterable[Path]) -> dict[Path, dict[str, Any]]:
-    """The trackers' runs recorded in each run dir's run.json (for the sweep summary)."""
-    found = {}
-    for run_dir in run_dirs:
-        record = run_dir / RUN_RECORD
-        if record.is_file():
-            try:
-                found[run_dir] = json.loads(record.read_text()).get("trackers") or {}
-            except ValueError:
-                continue
-    return found

@@ -1,13 +1,15 @@
 """TensorBoard content beyond the per-epoch scalars, as Lightning callbacks (conf/callbacks/inspection.yaml).
 
 - ``HParamsSummary``: the run's hyperparameters as an HParams session, so the HParams tab compares runs
-  and sweep jobs side by side, each with its final metrics;
+  and sweep jobs side by side, each with its final metrics; the same flat names go to every other logger
+  (MLflow params, W&B config: mlplab/tracking.py);
 - ``TrainingSamples``: a grid of training images as the network sees them (after augmentation);
 - ``ParameterHistograms`` and ``ModelGraph``: weight/gradient histograms per epoch and the network's
   graph, off by default (``callbacks.parameter_histograms.enabled=true``, ``callbacks.model_graph.enabled=true``).
 
 The test-set confusion matrix and misclassified images come from ``mlplab.evaluation.ErrorAnalysis``,
-which ``eval.py`` shares. Every callback here does nothing when the run has no TensorBoard logger.
+which ``eval.py`` shares. The figures go to every logger that takes images (TensorBoard, MLflow, W&B);
+the histograms and the graph are TensorBoard's alone.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from mlplab.figures import image_grid_figure, to_display
+from mlplab.tracking import image_loggers, log_figure
 
 
 def tensorboard_writers(trainer: L.Trainer) -> list[SummaryWriter]:
@@ -61,6 +64,7 @@ class HParamsSummary(L.Callback):
     def __init__(self, exclude: Sequence[str] = ()) -> None:
         self.exclude = set(exclude)
         self._session_end = None
+        self._logged = False
 
     def hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float | int | str]:
         params = dict(pl_module.hparams)
@@ -70,10 +74,16 @@ class HParamsSummary(L.Callback):
         return {k: v for k, v in flatten_hparams(params).items() if k not in self.exclude}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writers = tensorboard_writers(trainer)
-        if not writers or self._session_end is not None:  # one session per run, even if fit is called again
+        if self._logged:  # once per run, even if fit is called again
             return
-        _, session_start, self._session_end = hparams_summaries(self.hparams(trainer, pl_module), {})
+        self._logged = True
+        params = self.hparams(trainer, pl_module)
+        for logger in trainer.loggers:  # MLflow params, W&B config, hparams.yaml: the same names as the HParams tab
+            logger.log_hyperparams(params)
+        writers = tensorboard_writers(trainer)
+        if not writers:
+            return
+        _, session_start, self._session_end = hparams_summaries(params, {})
         for writer in writers:
             writer._get_file_writer().add_summary(session_start)  # into the run's own event file, as Lightning does
 
@@ -91,16 +101,14 @@ class TrainingSamples(L.Callback):
         self._done = False
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        writers = tensorboard_writers(trainer)
-        if self._done or not writers or self.count <= 0:
+        if self._done or not image_loggers(trainer) or self.count <= 0:
             return
         self._done = True
         images, labels = batch[0][: self.count], batch[1][: self.count].tolist()
         info = trainer.datamodule.info
         titles = [trainer.datamodule.class_names[label] for label in labels]
-        for writer in writers:
-            figure = image_grid_figure(to_display(images, info.mean, info.std), titles, title="as the network sees them")
-            writer.add_figure("train/samples", figure, global_step=trainer.global_step)
+        figure = image_grid_figure(to_display(images, info.mean, info.std), titles, title="as the network sees them")
+        log_figure(trainer, "train/samples", figure)
 
 
 class ParameterHistograms(L.Callback):
