@@ -81,6 +81,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.num_nodes": (count, "an integer >= 1"),
     "callbacks.early_stopping.patience": (integer(lambda v: v >= 0), "an integer >= 0"),
     "seed": (integer(lambda v: v >= 0), "an integer >= 0"),
+    "lr_find.min_lr": (positive, "a number > 0"),
+    "lr_find.max_lr": (positive, "a number > 0, above lr_find.min_lr"),
+    "lr_find.num_training": (integer(lambda v: v >= 20), "an integer >= 20 (steps; the first 10 are not used to suggest)"),
+    "lr_find.mode": one_of(("exponential", "linear")),
+    "lr_find.early_stop_threshold": (lambda v: v is None or positive(v), "a number > 0, or null to run every step"),
 }
 # Keys that may appear in any group (few-shot subsets, cross-validation folds): checked wherever they are.
 ANYWHERE: dict[str, tuple[Callable[[Any], bool], str]] = {
