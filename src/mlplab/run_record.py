@@ -179,7 +179,13 @@ class RunRecord:
             "data_sha256": {},
             "checkpoint": None,
             "trackers": {},
+            "previous_attempts": [],  # a resumed run's earlier records in this dir (interrupted, diverged, ...)
         }
+        try:
+            earlier = json.loads(self.path.read_text())
+            self.data["previous_attempts"] = earlier.pop("previous_attempts", []) + [earlier]
+        except (OSError, ValueError):
+            pass
         last = ((cfg.get("callbacks") or {}).get("last_checkpoint") or {})
         if "ckpt_path" in cfg and last.get("dirpath"):
             checkpoint = Path(last.dirpath) / f"{last.get('filename') or 'last'}.ckpt"
