@@ -93,7 +93,7 @@ def tracker_run(logger: Logger) -> tuple[str, dict[str, Any]] | None:
     if isinstance(logger, WandbLogger):
         run = logger.experiment
         return "wandb", {"project": run.project, "group": run.group, "run_id": run.id, "dir": run.dir,
-                         "offline": run.settings.mode == "offline"}
+                         "offline": run.offline}
     return None
 
 
