@@ -151,6 +151,9 @@ def violations(cfg: DictConfig) -> Iterator[tuple[str, Any, str]]:
             elif count(folds) and not integer(lambda v: 0 <= v < folds)(fold):
                 yield path + "fold", fold, f"an integer in [0, {path}num_folds={folds}) (every fold: -m '{path}fold=range({folds})')"
     yield from val_size_violation(cfg)
+    lr_range = cfg.get("lr_find") or {}
+    if positive(lr_range.get("min_lr")) and positive(lr_range.get("max_lr")) and lr_range.max_lr <= lr_range.min_lr:
+        yield "lr_find.max_lr", lr_range.max_lr, f"above lr_find.min_lr={lr_range.min_lr}"
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         yield "ckpt_path", ckpt_path, "an existing checkpoint file (e.g. <run>/checkpoints/last.ckpt)"

@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
 from mlplab.config import validate
-from mlplab.errors import ConfigError, UserError
+from mlplab.errors import UserError
 from mlplab.pipeline import build
 from mlplab.tracking import log_figure
 
@@ -58,8 +58,6 @@ def lr_range_test(cfg: DictConfig) -> dict[str, Any]:
     """Run the range test on ``cfg``'s recipe; print and return the suggested LR and the one-cycle peak."""
     validate(cfg)
     settings = cfg.lr_find
-    if settings.max_lr <= settings.min_lr:
-        raise ConfigError(f"lr_find.max_lr={settings.max_lr} must be above lr_find.min_lr={settings.min_lr}")
     datamodule, module, trainer = build(cfg)
     finder = Tuner(trainer).lr_find(
         module, datamodule=datamodule, min_lr=settings.min_lr, max_lr=settings.max_lr,
