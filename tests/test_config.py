@@ -18,7 +18,7 @@ def test_groups_have_the_documented_options():
     assert options("data") == ["fashion_mnist", "kmnist", "mnist"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "plateau", "step"]
-    assert options("logger") == ["csv", "tensorboard"]
+    assert options("logger") == ["csv", "many", "mlflow", "tensorboard", "wandb"]
     assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
 
 
