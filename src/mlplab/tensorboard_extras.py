@@ -20,6 +20,8 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
@@ -51,14 +53,34 @@ def flatten_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, fl
     return flat
 
 
+# TensorBoard's HParams table opens with 5 hyperparameter and 5 metric columns (the rest behind checkboxes):
+# hyperparameters marked as differing between runs first, then by name; metrics in the experiment's order.
+LEADING_HPARAMS = ("optimizer.lr", "net.hidden_dims", "net.dropout", "data.batch_size", "trainer.max_epochs")
+LEADING_METRICS = ("val/acc", "test/acc", "val/loss", "test/loss", "train/acc", "train/loss")
+
+
+def experiment_summary(params: Mapping[str, float | int | str]) -> Summary:
+    """The HParams experiment: ``params`` with ``LEADING_HPARAMS`` marked as differing, so they are the columns
+    shown first, and ``LEADING_METRICS`` as the metric columns, in that order. torch's ``hparams`` builds it; the
+    ``differs`` flag has no argument there, so it is set in the serialized experiment (tests/test_inspect.py
+    checks the columns TensorBoard then serves)."""
+    experiment, _, _ = hparams_summaries(dict(params), dict.fromkeys(LEADING_METRICS, 0.0))
+    plugin_data = experiment.value[0].metadata.plugin_data
+    content = HParamsPluginData.FromString(plugin_data.content)
+    for info in content.experiment.hparam_infos:
+        info.differs = info.name in LEADING_HPARAMS
+    plugin_data.content = content.SerializeToString()
+    return experiment
+
+
 class HParamsSummary(L.Callback):
     """One HParams session per run: the module's and the data's hyperparameters, plus the trainer's length and
     precision, keyed as in the checkpoint (``net.*``, ``optimizer.*``, ``scheduler.*``, ``l1``, ``data.*``).
 
-    Only the session is written, not an experiment summary: TensorBoard then builds the table's columns from
-    all sessions under ``--logdir`` (a sweep over optimizers shows both ``optimizer.momentum`` and
-    ``optimizer.betas``), and a session's metrics are the last value of each of its scalars. After
-    ``mlplab.pipeline.train`` those are ``val/*`` and ``test/*`` of the best checkpoint.
+    A session's metrics are the last value of each of its scalars; after ``mlplab.pipeline.train`` those are
+    ``val/*`` and ``test/*`` of the best checkpoint. The experiment summary beside it orders the table's columns
+    (``experiment_summary``); TensorBoard reads the first one it finds under ``--logdir``, so its columns are that
+    run's hyperparameters (a sweep over optimizers lists the first job's optimizer keys).
     """
 
     def __init__(self, exclude: Sequence[str] = ()) -> None:
@@ -84,8 +106,9 @@ class HParamsSummary(L.Callback):
         if not writers:
             return
         _, session_start, self._session_end = hparams_summaries(params, {})
-        for writer in writers:
-            writer._get_file_writer().add_summary(session_start)  # into the run's own event file, as Lightning does
+        for writer in writers:  # into the run's own event file, as Lightning does
+            writer._get_file_writer().add_summary(experiment_summary(params))
+            writer._get_file_writer().add_summary(session_start)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for writer in tensorboard_writers(trainer):
