@@ -4,6 +4,7 @@ through the tracker's own client (README: "Tracking experiments: MLflow, W&B")."
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,16 +17,22 @@ FAST = ["trainer.max_epochs=2", "data.val_size=100", "data.batch_size=32", "mode
 
 
 @pytest.fixture(scope="module")
-def sweep(data_dir, tmp_path_factory) -> tuple[Path, MlflowClient]:
-    """A 2-job sweep logging to TensorBoard and a fresh MLflow store (`logger=many`)."""
-    base = tmp_path_factory.mktemp("mlflow")
+def sweep_run(data_dir, tmp_path_factory) -> tuple[Path, str, subprocess.CompletedProcess]:
+    """A 2-job sweep logging to TensorBoard, a fresh MLflow store and W&B offline, all at once."""
+    base = tmp_path_factory.mktemp("trackers")
     uri = f"sqlite:///{base}/mlflow.db"
     result = run_script(
-        "train.py", "-m", "optimizer.lr=1e-3,3e-3", *FAST, "logger=many", f"logger.mlflow.tracking_uri={uri}",
-        f"logger.mlflow.artifact_location={base}/artifacts", f"hydra.sweep.dir={base}/sweep", data_dir=data_dir,
+        "train.py", "-m", "optimizer.lr=1e-3,3e-3", *FAST, "logger=[tensorboard,mlflow,wandb]",
+        f"logger.mlflow.tracking_uri={uri}", f"logger.mlflow.artifact_location={base}/artifacts",
+        f"hydra.sweep.dir={base}/sweep", data_dir=data_dir,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    return base / "sweep", MlflowClient(uri)
+    return base / "sweep", uri, result
+
+
+@pytest.fixture
+def sweep(sweep_run) -> tuple[Path, MlflowClient]:
+    return sweep_run[0], MlflowClient(sweep_run[1])
 
 
 def test_a_sweep_is_one_mlflow_experiment_with_one_run_per_job(sweep):
@@ -61,7 +68,7 @@ def test_the_sweep_summary_names_each_jobs_tracker_run(sweep):
     for run in client.search_runs([client.get_experiment_by_name(str(sweep_dir)).experiment_id]):
         job_dir = Path(run.data.tags["run_dir"])
         assert json.loads((job_dir / "run.json").read_text())["trackers"]["mlflow"]["run_id"] == run.info.run_id
-        assert f"| {job_dir.name} |" in summary and f"mlflow {run.info.run_id} |" in summary
+        assert f"| {job_dir.name} |" in summary and f"mlflow {run.info.run_id} wandb " in summary
 
 
 def wandb_records(run_file: Path):
@@ -88,21 +95,22 @@ def wandb_records(run_file: Path):
             raise AssertionError(f"unknown chunk type {kind} (W&B run file format changed?)")
 
 
-def test_wandb_offline_run_holds_the_hparams_metrics_and_figures(data_dir, tmp_path):
-    result = run_script("train.py", *FAST, "logger=wandb", f"hydra.run.dir={tmp_path}", data_dir=data_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    [run_dir] = tmp_path.glob("wandb/offline-run-*")
+def test_wandb_offline_run_holds_the_hparams_metrics_and_figures(sweep_run):
+    sweep_dir, _, result = sweep_run
+    job_dir = sweep_dir / "0"  # optimizer.lr=1e-3
+    [run_dir] = job_dir.glob("wandb/offline-run-*")
     assert f"wandb sync {run_dir}" in result.stdout + result.stderr  # how to upload it later
     records = list(wandb_records(next(run_dir.glob("run-*.wandb"))))
     config = {item.key: json.loads(item.value_json) for r in records if r.HasField("config") for item in r.config.update}
-    assert config["optimizer.lr"] == 0.004 and config["net.hidden_dims"] == "[32]"
+    assert config["optimizer.lr"] == 0.001 and config["net.hidden_dims"] == "[32]"
     history = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
                for r in records if r.HasField("history")]
     assert len([row for row in history if "train/loss" in row]) == 2  # one per epoch
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((job_dir / "metrics.json").read_text())
     assert [row["test/acc"] for row in history if "test/acc" in row] == [pytest.approx(metrics["test/acc"])]
     figures = {key.removesuffix("/_type") for row in history for key, value in row.items() if value == "images/separated"}
     assert figures == {"train/samples", "test/confusion_matrix", "test/misclassified"}
     assert json.loads((run_dir / "files" / "metrics.json").read_text()) == metrics
-    record = json.loads((tmp_path / "run.json").read_text())
+    record = json.loads((job_dir / "run.json").read_text())
+    assert record["trackers"]["wandb"]["group"] == str(sweep_dir)  # a sweep is one W&B group
     assert record["trackers"]["wandb"]["offline"] is True and record["trackers"]["wandb"]["dir"].startswith(str(run_dir))

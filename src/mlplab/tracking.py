@@ -61,6 +61,10 @@ def mlflow_logger(
 def wandb_logger(task_name: str, output_dir: str, group: str | None = None, name: str | None = None,
                  **kwargs: Any) -> WandbLogger:
     """Lightning's WandbLogger, writing into the run dir (``<run dir>/wandb``), grouped and named by ``run_names``."""
+    import wandb
+
+    if wandb.run is not None:  # a sweep job that failed before finishing its run: WandbLogger would log into it
+        wandb.finish(exit_code=1)
     experiment, run = run_names(task_name, output_dir)
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     return WandbLogger(save_dir=output_dir, group=group or experiment, name=name or run, job_type=task_name, **kwargs)
@@ -125,6 +129,7 @@ def record_outcome(trainer: L.Trainer, output_dir: Path, metrics: dict[str, Any]
             for path in files:
                 if path.is_file():
                     run.save(str(path), base_path=str(output_dir), policy="now")
+            run.finish()  # Lightning leaves it open: the next sweep job in this process would log into it
 
 
 def read_tracker_runs(run_dir: Path) -> dict[str, Any]:
