@@ -87,6 +87,8 @@ def lr_range_test(cfg: DictConfig) -> dict[str, Any]:
         figure = loss_vs_lr_figure(finder, peak, cfg.optimizer.lr)
         figure.savefig(output_dir / "lr_find.png")
         log_figure(trainer, "lr_find/loss_vs_lr", figure)
+        for logger in trainer.loggers:  # no fit ends here to close the trackers' runs (an MLflow run: FINISHED)
+            logger.finalize("success")
         log.info("LR range test, %d steps from %.2g to %.2g: the loss falls fastest at %.3g (suggested LR, constant "
                  "schedule); one-cycle peak %.3g (a tenth of the LR at the lowest loss, %.3g); optimizer.lr is now %.3g",
                  len(lrs), lrs[0], lrs[-1], suggestion, peak, peak * ONE_CYCLE_BELOW_MINIMUM, cfg.optimizer.lr)
