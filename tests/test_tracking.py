@@ -41,6 +41,7 @@ def test_a_sweep_is_one_mlflow_experiment_with_one_run_per_job(sweep):
     runs = client.search_runs([experiment.experiment_id])
     assert len(runs) == 2 and {run.info.status for run in runs} == {"FINISHED"}
     assert sorted(run.data.params["optimizer.lr"] for run in runs) == ["0.001", "0.003"]
+    assert sorted(run.info.run_name for run in runs) == ["0: optimizer.lr=0.001", "1: optimizer.lr=0.003"]
     assert {run.data.tags["run_dir"] for run in runs} == {str(sweep_dir / "0"), str(sweep_dir / "1")}
 
 

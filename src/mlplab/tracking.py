@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
@@ -34,11 +36,27 @@ from mlplab.run_record import RUN_RECORD, note_tracker
 log = logging.getLogger(__name__)
 
 
+def fixed_keys(arguments: list[str]) -> set[str]:
+    """Keys given one value on the command line (not swept): the same in every job of a sweep."""
+    parser = OverridesParser.create()
+    keys = set()
+    for text in arguments:
+        try:
+            override = parser.parse_override(text)
+        except Exception:  # not an override (-m, --flags): nothing to name
+            continue
+        if not override.is_sweep_override():
+            keys.add(override.get_key_element())
+    return keys
+
+
 def run_names(task_name: str, output_dir: str | Path) -> tuple[str, str]:
-    """(experiment, run) names: ``train`` and the run dir's name; in a multirun the sweep dir and ``<job>: <overrides>``."""
+    """(experiment, run) names: ``train`` and the run dir's name; in a multirun the sweep dir and
+    ``<job>: <the overrides this job was given that were not typed as such>``, e.g. ``3: optimizer.lr=0.003``."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         hydra_cfg = HydraConfig.get()
-        return str(hydra_cfg.sweep.dir), f"{hydra_cfg.job.num}: {hydra_cfg.job.override_dirname or 'defaults'}"
+        own = [item for item in hydra_cfg.overrides.task if item.partition("=")[0] not in fixed_keys(sys.argv[1:])]
+        return str(hydra_cfg.sweep.dir), f"{hydra_cfg.job.num}: {' '.join(own) or 'defaults'}"
     return task_name, Path(output_dir).name
 
 
