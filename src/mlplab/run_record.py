@@ -187,9 +187,10 @@ class RunRecord:
         except (OSError, ValueError):
             pass
         last = ((cfg.get("callbacks") or {}).get("last_checkpoint") or {})
+        self._resume = None  # (checkpoint, command): offered once the checkpoint exists
         if "ckpt_path" in cfg and last.get("dirpath"):
             checkpoint = Path(last.dirpath) / f"{last.get('filename') or 'last'}.ckpt"
-            self.data["resume_command"] = resume_command(entry_point, overrides, checkpoint, output_dir)
+            self._resume = checkpoint, resume_command(entry_point, overrides, checkpoint, output_dir)
         repo = code_root()
         self.data["git"], diff = git_state(repo)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +208,9 @@ class RunRecord:
         self.write()
 
     def finish(self, status: str, error: str | None = None) -> None:
-        self.update(status=status, error=error, end_time=now(), duration_s=round(time.perf_counter() - self._start, 3))
+        resume = self._resume[1] if self._resume and self._resume[0].is_file() else None  # no epoch ended: none
+        self.update(status=status, error=error, end_time=now(), duration_s=round(time.perf_counter() - self._start, 3),
+                    resume_command=resume)
 
 
 def active() -> RunRecord | None:
