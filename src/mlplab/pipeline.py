@@ -1,7 +1,8 @@
 """The run pipeline shared by the entry points: config -> objects -> fit -> best checkpoint -> test.
 
 A run directory (Hydra's) ends up holding the composed config (``.hydra/``), ``checkpoints/``
-(best by the monitored metric, plus ``last.ckpt``), TensorBoard events and ``metrics.json``.
+(best by the monitored metric, plus ``last.ckpt``), TensorBoard events, ``metrics.json`` and ``run.json``
+(the entry point's ``mlplab.run_record.recorded_run``).
 """
 
 from __future__ import annotations
