@@ -114,6 +114,7 @@ def test_auto_precision_resolves_to_a_lightning_precision(tmp_path):
         ("optimizer=adamx", "optimizer=adamx is not an option; choose one of adam, adamw, sgd"),
         ("scheduler=none,cosinus", "scheduler=cosinus is not an option; choose one of cosine, none, onecycle, plateau, step"),
         ("+experiment=tutorialx", "experiment=tutorialx is not an option; choose one of tutorial"),
+        ("logger=[tensorboard,mlfow]", "logger=mlfow is not an option; choose one of csv, many, mlflow, tensorboard, wandb"),
     ],
 )
 def test_unknown_group_option_is_one_line_before_hydra_starts(override, message, caplog):
@@ -124,7 +125,8 @@ def test_unknown_group_option_is_one_line_before_hydra_starts(override, message,
 
 
 def test_known_group_options_and_plugin_groups_pass(caplog):
-    refuse_unknown_overrides(CONF_DIR, "train", ["optimizer=sgd", "data=kmnist,mnist", "hydra/launcher=joblib", "-m"])
+    refuse_unknown_overrides(CONF_DIR, "train", ["optimizer=sgd", "data=kmnist,mnist", "hydra/launcher=joblib", "-m",
+                                                 "logger=[tensorboard,mlflow]", "logger.mlflow.log_model=true"])
     assert not caplog.records
 
 
