@@ -11,11 +11,13 @@ from omegaconf import DictConfig
 
 from mlplab.config import refuse_unknown_overrides
 from mlplab.errors import reported_as_one_line
+from mlplab.run_record import recorded_run
 from mlplab.prediction import predict
 
 
 @hydra.main(config_path="conf", config_name="predict", version_base="1.3")
 @reported_as_one_line
+@recorded_run
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

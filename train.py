@@ -12,12 +12,14 @@ from omegaconf import DictConfig
 from mlplab.config import refuse_unknown_overrides
 from mlplab.errors import reported_as_one_line
 from mlplab.pipeline import train
+from mlplab.run_record import recorded_run
 from mlplab.sweeps import recorded_sweep_job
 
 
 @hydra.main(config_path="conf", config_name="train", version_base="1.3")
 @reported_as_one_line
 @recorded_sweep_job
+@recorded_run
 def main(cfg: DictConfig) -> float:
     return train(cfg)
 

@@ -18,7 +18,7 @@ def test_groups_have_the_documented_options():
     assert options("data") == ["fashion_mnist", "kmnist", "mnist"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "plateau", "step"]
-    assert options("logger") == ["csv", "tensorboard"]
+    assert options("logger") == ["csv", "many", "mlflow", "tensorboard", "wandb"]
     assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
 
 
@@ -60,7 +60,9 @@ def test_onecycle_spans_the_whole_run(data_dir, tmp_path):
 
 @pytest.mark.parametrize("logger", options("logger"))
 @pytest.mark.parametrize("trainer", ["cpu", "default", "ddp"])
-def test_trainer_callbacks_and_logger_options_build(trainer, logger, tmp_path):
+def test_trainer_callbacks_and_logger_options_build(trainer, logger, tmp_path, monkeypatch, tmp_path_factory):
+    # one MLflow store for all of them (creating one costs seconds), not the repo's logs/mlflow.db
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.getbasetemp()}/mlflow.db")
     cfg = compose_train([f"trainer={trainer}", f"logger={logger}", "trainer.accelerator=cpu"], tmp_path)
     callbacks = {name: instantiate(c) for name, c in cfg.callbacks.items()}
     assert callbacks["model_checkpoint"].dirpath == str(tmp_path / "checkpoints")
@@ -68,7 +70,8 @@ def test_trainer_callbacks_and_logger_options_build(trainer, logger, tmp_path):
     built = build_trainer(cfg) if trainer != "ddp" else None
     if built is not None:
         assert built.max_epochs == 10
-        assert type(built.logger).__name__.lower().startswith(logger[:3])
+        expected = {"many": ["ten", "mlf"]}.get(logger, [logger[:3]])  # many: TensorBoard and MLflow
+        assert [type(each).__name__.lower()[:3] for each in built.loggers] == expected
 
 
 def test_gpu_trainer_option_composes():
@@ -111,6 +114,7 @@ def test_auto_precision_resolves_to_a_lightning_precision(tmp_path):
         ("optimizer=adamx", "optimizer=adamx is not an option; choose one of adam, adamw, sgd"),
         ("scheduler=none,cosinus", "scheduler=cosinus is not an option; choose one of cosine, none, onecycle, plateau, step"),
         ("+experiment=tutorialx", "experiment=tutorialx is not an option; choose one of tutorial"),
+        ("logger=[tensorboard,mlfow]", "logger=mlfow is not an option; choose one of csv, many, mlflow, tensorboard, wandb"),
     ],
 )
 def test_unknown_group_option_is_one_line_before_hydra_starts(override, message, caplog):
@@ -121,7 +125,8 @@ def test_unknown_group_option_is_one_line_before_hydra_starts(override, message,
 
 
 def test_known_group_options_and_plugin_groups_pass(caplog):
-    refuse_unknown_overrides(CONF_DIR, "train", ["optimizer=sgd", "data=kmnist,mnist", "hydra/launcher=joblib", "-m"])
+    refuse_unknown_overrides(CONF_DIR, "train", ["optimizer=sgd", "data=kmnist,mnist", "hydra/launcher=joblib", "-m",
+                                                 "logger=[tensorboard,mlflow]", "logger.mlflow.log_model=true"])
     assert not caplog.records
 
 

@@ -113,6 +113,10 @@ def test_hparams_tab_shows_the_run_with_its_final_metrics(tensorboard, tiny_run)
     assert {"optimizer.lr", "optimizer._target_", "net.hidden_dims", "net.dropout", "scheduler.scheduler._target_",
             "l1", "label_smoothing", "data.batch_size", "data.dataset", "data.seed", "trainer.max_epochs"} <= hparams
     assert "data.data_dir" not in hparams  # where the files live is not a hyperparameter
+    # the columns the table opens with (5 of each): what users sweep and compare, then the final accuracies
+    leading = [info["name"] for info in experiment["hparamInfos"]][:5]
+    assert leading == ["data.batch_size", "net.dropout", "net.hidden_dims", "optimizer.lr", "trainer.max_epochs"]
+    assert [info["name"]["tag"] for info in experiment["metricInfos"]][:4] == ["val/acc", "test/acc", "val/loss", "test/loss"]
     request = {"experimentName": "", "allowedStatuses": ["STATUS_SUCCESS", "STATUS_UNKNOWN", "STATUS_RUNNING"],
                "colParams": [], "startIndex": 0, "sliceSize": 10}
     [group] = get_json(f"{tensorboard}/plugin/hparams/session_groups", request)["sessionGroups"]

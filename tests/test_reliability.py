@@ -248,6 +248,14 @@ def test_interrupt_keeps_the_last_epoch_and_says_how_to_resume(interrupted, sig)
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] >= 0
 
 
+def test_run_json_records_the_interruption_and_the_resumed_run_keeps_that_record(interrupted):
+    base = interrupted["base"]
+    ctrl_c, resumed = (json.loads((base / name / "run.json").read_text()) for name in ("SIGINT", "SIGTERM"))
+    assert ctrl_c["status"] == "interrupted" and ctrl_c["end_time"] is not None
+    assert f"ckpt_path={base}/SIGINT/checkpoints/last.ckpt" in ctrl_c["resume_command"]
+    assert resumed["status"] == "finished" and [a["status"] for a in resumed["previous_attempts"]] == ["interrupted"]
+
+
 def test_resumed_run_ends_exactly_like_the_run_left_alone(interrupted):
     base = interrupted["base"]
     alone = json.loads((base / "alone" / "metrics.json").read_text())
@@ -298,6 +306,7 @@ def test_diverging_run_stops_with_one_line_and_keeps_the_last_good_checkpoint(da
     kept = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert kept["epoch"] == 0 and all(t.isfinite().all() for t in kept["state_dict"].values())
     assert not (tmp_path / "metrics.json").exists()
+    assert json.loads((tmp_path / "run.json").read_text())["status"] == "diverged"
 
 
 @pytest.mark.parametrize("world_size", [1, 2], ids=["one CPU process: checked each step", "GPU or DDP: recorded on the device"])

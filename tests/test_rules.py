@@ -21,7 +21,7 @@ ENTRY_POINTS = {
     "train": [[f"{group}={option}"] for group in ("optimizer", "scheduler", "trainer", "logger")
               for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))] + [["hparams_search=mlp_optuna", f"hydra/sweeper/pruner={pruner}"]
                                                                  for pruner in ("none", "median", "hyperband", "successive_halving")],
-    "finetune": [[]], "eval": [[], ["data=mnist"]], "predict": [[]], "export": [[]],
+    "finetune": [[]], "eval": [[], ["data=mnist"]], "predict": [[]], "export": [[]], "lr_find": [[]],
 }
 
 

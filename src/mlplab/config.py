@@ -33,7 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from mlplab.data import DATASETS, raw_folder
 from mlplab.errors import ConfigError, DataError, exit_with, reported_as_one_line
 from mlplab.idx import read_header
-from mlplab.rules import problem, problems, relation_problems, split_problems
+from mlplab.rules import problem, problems, range_problems, relation_problems, split_problems
 from mlplab.run_dirs import refuse_used_dir
 
 
@@ -82,7 +82,7 @@ def value_sweeps(cfg: DictConfig) -> dict[str, list[Any]]:
 def violations(cfg: DictConfig) -> list[str]:
     """Every problem of ``cfg`` against mlplab.rules: each value, the keys between them, the machine, the data."""
     values = dict(leaf_values(cfg))
-    found = problems(values) + relation_problems(values) + device_problems(values) + data_problems(values)
+    found = problems(values) + relation_problems(values) + range_problems(values) + device_problems(values) + data_problems(values)
     found += search_space_problems(cfg)
     ckpt_path = values.get("ckpt_path")
     if isinstance(ckpt_path, str) and ckpt_path and not Path(ckpt_path).is_file():
@@ -208,7 +208,7 @@ def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides
     for override in parsed:
         if is_group(override) and not override.is_delete():
             options = sorted({p.stem for folder in config_dirs for p in (folder / override.key_or_group).glob("*.yaml")})
-            for option in swept_values(override):
+            for option in (one for value in swept_values(override) for one in as_options(value)):
                 if option is not None and str(option) not in options:
                     exit_with(ConfigError(f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"))
     keys = [o for o in parsed if not (is_group(o) or o.is_add() or o.is_force_add() or o.is_delete())]
@@ -247,11 +247,21 @@ def swept_values(override: Any) -> list[Any]:
     return list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
 
 
+def as_options(value: Any) -> list[Any]:
+    """A group's value as a list of options: ``logger=[tensorboard,mlflow]`` chooses several at once."""
+    return list(value) if isinstance(value, list) else [value]
+
+
+def choice_text(value: Any) -> str:
+    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
+
+
 def refuse_unknown_keys(config_dir: Path, config_name: str, groups: list[Any], keys: list[Any]) -> None:
     """Compose the config the groups choose (the first option of a swept group), then look up every key."""
     from hydra import compose, initialize_config_dir
 
-    choices = [f"{'+' if o.is_add() else ''}{o.key_or_group}={swept_values(o)[0]}" for o in groups if o.value() is not None]
+    choices = [f"{'+' if o.is_add() else ''}{o.key_or_group}={choice_text(swept_values(o)[0])}" for o in groups
+               if o.value() is not None]
     try:
         with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
             cfg = compose(config_name=config_name, overrides=choices)

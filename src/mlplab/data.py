@@ -225,7 +225,7 @@ class MNISTDataModule(L.LightningDataModule):
         super().__init__()
         arguments = dict(locals())
         check({f"data.{key}": value for key, value in arguments.items() if key not in ("self", "augment", "__class__")})
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # loggers get flat names from tensorboard_extras.HParamsSummary
         self.info = DATASETS[dataset]
         self.label_map = class_label_map(classes, len(self.info.class_names))  # None: every label, unchanged
         self.augment = BatchAffine(**augment) if augment and augment.get("enabled", True) else None

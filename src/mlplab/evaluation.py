@@ -35,7 +35,8 @@ from mlplab.errors import ConfigError
 from mlplab.rules import check
 from mlplab.figures import confusion_matrix_figure, image_grid_figure, to_display
 from mlplab.pipeline import build_datamodule, build_trainer
-from mlplab.tensorboard_extras import tensorboard_writers
+from mlplab.run_record import note_data, warn_if_data_changed
+from mlplab.tracking import image_loggers, log_figure
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +155,9 @@ class ErrorAnalysis(L.Callback):
             to_display(images, info.mean, info.std), true, predicted, confidence,
         )
         self.reports[self._split] = report
-        for writer in tensorboard_writers(trainer):
-            writer.add_figure(f"{self._split}/confusion_matrix", report.confusion_figure(), trainer.global_step)
-            writer.add_figure(f"{self._split}/misclassified", report.mistakes_figure(), trainer.global_step)
+        if image_loggers(trainer):
+            log_figure(trainer, f"{self._split}/confusion_matrix", report.confusion_figure())
+            log_figure(trainer, f"{self._split}/misclassified", report.mistakes_figure())
         self._split = None
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -194,6 +195,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check({"split": cfg.split, "top_confused": cfg.top_confused})
     trained = load_trained_from_config(cfg)
     datamodule = evaluation_datamodule(cfg, trained)
+    warn_if_data_changed(trained.origin, note_data(datamodule))
     trainer = build_trainer(cfg)
     analysis = next((cb for cb in trainer.callbacks if isinstance(cb, ErrorAnalysis)), None)
     if analysis is None or cfg.split not in analysis.splits:

@@ -145,11 +145,14 @@ class ReportInterruption(L.Callback):
         last = last_checkpoint(trainer)
         resume = ""
         if last:
-            run_dir = trainer.default_root_dir
-            kept = [arg for arg in command_line_overrides() if not arg.startswith(("ckpt_path=", "hydra.run.dir="))]
-            command = ["python", sys.argv[0], *kept, f"ckpt_path={last}", f"hydra.run.dir={run_dir}"]
-            resume = "; resume with: " + shlex.join(command)
+            resume = "; resume with: " + resume_command(sys.argv[0], command_line_overrides(), last, trainer.default_root_dir)
         log.warning("interrupted by %s %s: %s%s", signal_name, where, kept_checkpoint(trainer), resume)
+
+
+def resume_command(entry_point: str, overrides: list[str], checkpoint: str | Path, run_dir: str | Path) -> str:
+    """The command that continues a run from ``checkpoint`` in its own run dir, ready to paste."""
+    kept = [arg for arg in overrides if not arg.startswith(("ckpt_path=", "hydra.run.dir="))]
+    return shlex.join(["python", entry_point, *kept, f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}"])
 
 
 def command_line_overrides() -> list[str]:

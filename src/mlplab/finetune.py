@@ -26,6 +26,7 @@ from mlplab.pipeline import build_datamodule, build_module, build_trainer, compi
 from mlplab.pretrained import PretrainedNet, load_pretrained
 from mlplab.rules import check, problem
 from mlplab.trained import refuse_misfit
+from mlplab.run_record import note_data, report_origin, warn_if_data_changed
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,10 @@ def finetune(cfg: DictConfig) -> float:
     """Fine-tune ``cfg.pretrained`` on ``cfg.data``; returns the best checkpoint's monitored metric (like train)."""
     validate(cfg)
     pretrained = load_pretrained(cfg.get("pretrained"))
+    origin = report_origin(pretrained.path, key="pretrained")
     start_run(cfg)
     datamodule = build_datamodule(cfg)
+    warn_if_data_changed(origin, note_data(datamodule))
     module, reset_head = pretrained_module(cfg, datamodule, pretrained)
     if cfg.get("ckpt_path"):
         refuse_misfit(cfg.ckpt_path, module.hparams.net, dict(datamodule.hparams))

@@ -1,7 +1,8 @@
 """The run pipeline shared by the entry points: config -> objects -> fit -> best checkpoint -> test.
 
 A run directory (Hydra's) ends up holding the composed config (``.hydra/``), ``checkpoints/``
-(best by the monitored metric, plus ``last.ckpt``), TensorBoard events and ``metrics.json``.
+(best by the monitored metric, plus ``last.ckpt``), TensorBoard events, ``metrics.json`` and ``run.json``
+(the entry point's ``mlplab.run_record.recorded_run``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from mlplab.data import MNISTDataModule
 from mlplab.faults import is_collective_failure, lost_workers
 from mlplab.module import ClassifierModule
 from mlplab.trained import refuse_misfit
+from mlplab.run_record import note_data
+from mlplab.tracking import record_outcome
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +40,9 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_an_adve
 
 
 def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
-    return instantiate(cfg.data, _convert_="all")
+    datamodule = instantiate(cfg.data, _convert_="all")
+    note_data(datamodule)  # the SHA-256 of its files into run.json
+    return datamodule
 
 
 def build_module(
@@ -157,6 +162,7 @@ def fit_and_report(
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        record_outcome(trainer, output_dir, metrics)
         log.info(
             "val/acc %.4f  val/loss %.4f  test/acc %.4f  test/loss %.4f  (%d epochs, %.1f s training)",
             metrics["val/acc"], metrics["val/loss"], metrics["test/acc"], metrics["test/loss"],

@@ -231,6 +231,16 @@ RULES: dict[str, Rule] = {
     "logger.csv.save_dir": path,
     "logger.csv.name": (lambda v: isinstance(v, str), "a string"),
     "logger.csv.version": (lambda v: isinstance(v, str | int), "a string"),
+    "logger.mlflow.tracking_uri": text,
+    "logger.mlflow.artifact_location": or_null(path, "for MLflow's default"),
+    "logger.mlflow.log_model": (lambda v: isinstance(v, bool) or v == "all", "true, false or all"),
+    "logger.mlflow.task_name": text,
+    "logger.mlflow.output_dir": path,
+    "logger.wandb.project": text,
+    "logger.wandb.offline": boolean,
+    "logger.wandb.log_model": (lambda v: isinstance(v, bool) or v == "all", "true, false or all"),
+    "logger.wandb.task_name": text,
+    "logger.wandb.output_dir": path,
     # finetune.py
     "pretrained": (lambda v: isinstance(v, str) and v != "",
                    "a checkpoint written by train.py (required), e.g. pretrained=<run>/checkpoints/last.ckpt"),
@@ -253,6 +263,12 @@ RULES: dict[str, Rule] = {
     # export.py
     "format": one_of(export_formats),
     "output": optional_path,
+    # lr_find.py (the LR range test)
+    "lr_find.min_lr": positive,
+    "lr_find.max_lr": positive,
+    "lr_find.num_training": integer(lambda v: v >= 20, "an integer >= 20 (steps; the first 10 are not used to suggest)"),
+    "lr_find.mode": one_of(("exponential", "linear")),
+    "lr_find.early_stop_threshold": or_null(positive, "to run every step"),
     # Optuna sweeper (hparams_search=mlp_optuna); its search space is checked against the rules above
     "hydra.sweeper.direction": one_of(("minimize", "maximize")),
     "hydra.sweeper.study_name": or_null(text, "for a generated name"),
@@ -350,6 +366,15 @@ def relation_problems(values: Mapping[str, Any], prefix: str = "data.") -> list[
         if len(set(classes)) != len(classes) or len(classes) < 2 or max(classes) >= labels:
             found.append(problem(prefix + "classes", classes, f"at least two distinct labels from 0 to {labels - 1} "
                                                               f"({dataset} has {labels} classes)"))
+    return found
+
+
+def range_problems(values: Mapping[str, Any]) -> list[str]:
+    """Keys that bound a range: the upper end above the lower one."""
+    found = []
+    for low, high in (("lr_find.min_lr", "lr_find.max_lr"),):
+        if is_number(values.get(low)) and is_number(values.get(high)) and values[high] <= values[low]:
+            found.append(problem(high, values[high], f"above {low}={shown(values[low])}"))
     return found
 
 

@@ -44,6 +44,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mlplab.errors import ConfigError, user_error_in
+from mlplab.tracking import read_tracker_runs
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +164,15 @@ class JobResult:
     value: float = math.nan  # the monitored metric
     metrics: dict[str, Any] = field(default_factory=dict)
     wall_time_s: float | None = None
+    trackers: dict[str, dict[str, Any]] = field(default_factory=dict)  # run.json: tracker name -> where its run is
 
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    def tracker_runs(self) -> str:
+        """``mlflow <run id> wandb <run id>``: each tracker's run of this job."""
+        return " ".join(f"{name} {run.get('run_id', '')}" for name, run in self.trackers.items())
 
 
 def read_job(job_dir: Path, sweep_dir: Path) -> tuple[JobResult, dict[str, Any]]:
@@ -187,6 +193,7 @@ def read_job(job_dir: Path, sweep_dir: Path) -> tuple[JobResult, dict[str, Any]]
         value=math.nan if value is None else float(value),
         metrics=metrics,
         wall_time_s=record.get("wall_time_s"),
+        trackers=read_tracker_runs(job_dir),
     )
     return result, record
 
@@ -233,6 +240,11 @@ class Summary:
     @property
     def metric_names(self) -> list[str]:
         return [self.monitor] + [name for name in METRICS if name != self.monitor]
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers (mlflow, wandb) any job logged to, in order of appearance."""
+        return list(dict.fromkeys(name for job in self.jobs for name in job.trackers))
 
     def override_keys(self) -> list[str]:
         return list(dict.fromkeys(key for job in self.jobs for key in job.overrides))
@@ -316,10 +328,11 @@ def render_markdown(summary: Summary) -> str:
     rows = [
         [job.name, *(job.overrides.get(k, "") for k in keys), job_status(job, summary.monitor),
          *(job.metrics.get(name) for name in names), job.metrics.get("epochs"),
-         "" if job.wall_time_s is None else f"{job.wall_time_s:.1f}"]
+         "" if job.wall_time_s is None else f"{job.wall_time_s:.1f}", *([job.tracker_runs()] if summary.trackers else [])]
         for job in summary.jobs
     ]
-    lines += [markdown_table(["job", *keys, "status", *names, "epochs", "wall s"], rows), ""]
+    tracker_column = ["tracker run"] if summary.trackers else []
+    lines += [markdown_table(["job", *keys, "status", *names, "epochs", "wall s", *tracker_column], rows), ""]
     if ok and not math.isnan(ok[0].value):
         best = ok[0]
         lines += [
@@ -359,9 +372,10 @@ def write_summary(summary: Summary, sweep_dir: Path) -> str:
     extra = ("epochs", "train_time_s", "best_ckpt")
     write_csv(
         sweep_dir / "summary.csv",
-        ["job", *keys, "status", "error", *names, *extra, "wall_time_s"],
+        ["job", *keys, "status", "error", *names, *extra, "wall_time_s", *(f"{t}_run_id" for t in summary.trackers)],
         [[job.name, *(job.overrides.get(k) for k in keys), job.status, job.error,
-          *(job.metrics.get(n) for n in names), *(job.metrics.get(e) for e in extra), job.wall_time_s]
+          *(job.metrics.get(n) for n in names), *(job.metrics.get(e) for e in extra), job.wall_time_s,
+          *(job.trackers.get(t, {}).get("run_id") for t in summary.trackers)]
          for job in summary.jobs],
     )
     groups = summary.cross_validation()

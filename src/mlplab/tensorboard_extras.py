@@ -1,13 +1,15 @@
 """TensorBoard content beyond the per-epoch scalars, as Lightning callbacks (conf/callbacks/inspection.yaml).
 
 - ``HParamsSummary``: the run's hyperparameters as an HParams session, so the HParams tab compares runs
-  and sweep jobs side by side, each with its final metrics;
+  and sweep jobs side by side, each with its final metrics; the same flat names go to every other logger
+  (MLflow params, W&B config: mlplab/tracking.py);
 - ``TrainingSamples``: a grid of training images as the network sees them (after augmentation);
 - ``ParameterHistograms`` and ``ModelGraph``: weight/gradient histograms per epoch and the network's
   graph, off by default (``callbacks.parameter_histograms.enabled=true``, ``callbacks.model_graph.enabled=true``).
 
 The test-set confusion matrix and misclassified images come from ``mlplab.evaluation.ErrorAnalysis``,
-which ``eval.py`` shares. Every callback here does nothing when the run has no TensorBoard logger.
+which ``eval.py`` shares. The figures go to every logger that takes images (TensorBoard, MLflow, W&B);
+the histograms and the graph are TensorBoard's alone.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
+from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 from mlplab.figures import image_grid_figure, to_display
+from mlplab.tracking import image_loggers, log_figure
 
 
 def tensorboard_writers(trainer: L.Trainer) -> list[SummaryWriter]:
@@ -48,19 +53,40 @@ def flatten_hparams(params: Mapping[str, Any], prefix: str = "") -> dict[str, fl
     return flat
 
 
+# TensorBoard's HParams table opens with 5 hyperparameter and 5 metric columns (the rest behind checkboxes):
+# hyperparameters marked as differing between runs first, then by name; metrics in the experiment's order.
+LEADING_HPARAMS = ("optimizer.lr", "net.hidden_dims", "net.dropout", "data.batch_size", "trainer.max_epochs")
+LEADING_METRICS = ("val/acc", "test/acc", "val/loss", "test/loss", "train/acc", "train/loss")
+
+
+def experiment_summary(params: Mapping[str, float | int | str]) -> Summary:
+    """The HParams experiment: ``params`` with ``LEADING_HPARAMS`` marked as differing, so they are the columns
+    shown first, and ``LEADING_METRICS`` as the metric columns, in that order. torch's ``hparams`` builds it; the
+    ``differs`` flag has no argument there, so it is set in the serialized experiment (tests/test_inspect.py
+    checks the columns TensorBoard then serves)."""
+    experiment, _, _ = hparams_summaries(dict(params), dict.fromkeys(LEADING_METRICS, 0.0))
+    plugin_data = experiment.value[0].metadata.plugin_data
+    content = HParamsPluginData.FromString(plugin_data.content)
+    for info in content.experiment.hparam_infos:
+        info.differs = info.name in LEADING_HPARAMS
+    plugin_data.content = content.SerializeToString()
+    return experiment
+
+
 class HParamsSummary(L.Callback):
     """One HParams session per run: the module's and the data's hyperparameters, plus the trainer's length and
     precision, keyed as in the checkpoint (``net.*``, ``optimizer.*``, ``scheduler.*``, ``l1``, ``data.*``).
 
-    Only the session is written, not an experiment summary: TensorBoard then builds the table's columns from
-    all sessions under ``--logdir`` (a sweep over optimizers shows both ``optimizer.momentum`` and
-    ``optimizer.betas``), and a session's metrics are the last value of each of its scalars. After
-    ``mlplab.pipeline.train`` those are ``val/*`` and ``test/*`` of the best checkpoint.
+    A session's metrics are the last value of each of its scalars; after ``mlplab.pipeline.train`` those are
+    ``val/*`` and ``test/*`` of the best checkpoint. The experiment summary beside it orders the table's columns
+    (``experiment_summary``); TensorBoard reads the first one it finds under ``--logdir``, so its columns are that
+    run's hyperparameters (a sweep over optimizers lists the first job's optimizer keys).
     """
 
     def __init__(self, exclude: Sequence[str] = ()) -> None:
         self.exclude = set(exclude)
         self._session_end = None
+        self._logged = False
 
     def hparams(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, float | int | str]:
         params = dict(pl_module.hparams)
@@ -70,12 +96,19 @@ class HParamsSummary(L.Callback):
         return {k: v for k, v in flatten_hparams(params).items() if k not in self.exclude}
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writers = tensorboard_writers(trainer)
-        if not writers or self._session_end is not None:  # one session per run, even if fit is called again
+        if self._logged:  # once per run, even if fit is called again
             return
-        _, session_start, self._session_end = hparams_summaries(self.hparams(trainer, pl_module), {})
-        for writer in writers:
-            writer._get_file_writer().add_summary(session_start)  # into the run's own event file, as Lightning does
+        self._logged = True
+        params = self.hparams(trainer, pl_module)
+        for logger in trainer.loggers:  # MLflow params, W&B config, hparams.yaml: the same names as the HParams tab
+            logger.log_hyperparams(params)
+        writers = tensorboard_writers(trainer)
+        if not writers:
+            return
+        _, session_start, self._session_end = hparams_summaries(params, {})
+        for writer in writers:  # into the run's own event file, as Lightning does
+            writer._get_file_writer().add_summary(experiment_summary(params))
+            writer._get_file_writer().add_summary(session_start)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for writer in tensorboard_writers(trainer):
@@ -91,16 +124,14 @@ class TrainingSamples(L.Callback):
         self._done = False
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        writers = tensorboard_writers(trainer)
-        if self._done or not writers or self.count <= 0:
+        if self._done or not image_loggers(trainer) or self.count <= 0:
             return
         self._done = True
         images, labels = batch[0][: self.count], batch[1][: self.count].tolist()
         info = trainer.datamodule.info
         titles = [trainer.datamodule.class_names[label] for label in labels]
-        for writer in writers:
-            figure = image_grid_figure(to_display(images, info.mean, info.std), titles, title="as the network sees them")
-            writer.add_figure("train/samples", figure, global_step=trainer.global_step)
+        figure = image_grid_figure(to_display(images, info.mean, info.std), titles, title="as the network sees them")
+        log_figure(trainer, "train/samples", figure)
 
 
 class ParameterHistograms(L.Callback):

@@ -22,12 +22,14 @@ from mlplab.faults import command_line_overrides
 from mlplab.module import ClassifierModule
 from mlplab.pretrained import read_weights_only
 from mlplab.rules import shown
+from mlplab.run_record import report_origin
 
 
 @dataclass(frozen=True)
 class TrainedClassifier:
     module: ClassifierModule  # on the CPU, in eval mode
     data_hparams: dict[str, Any]  # the MNISTDataModule arguments of the run that wrote the checkpoint
+    origin: dict[str, Any] | None = None  # the run that wrote it: dir, commit, data hashes (mlplab.run_record)
 
     @property
     def dataset(self) -> str:
@@ -109,4 +111,5 @@ def load_trained_from_config(cfg: DictConfig) -> TrainedClassifier:
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
         raise UserError("ckpt_path=<file> is required: a checkpoint written by train.py, "
                         "e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
-    return load_trained(cfg.ckpt_path)
+    trained = load_trained(cfg.ckpt_path)
+    return TrainedClassifier(trained.module, trained.data_hparams, report_origin(cfg.ckpt_path))
