@@ -15,6 +15,7 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 import torch
@@ -30,15 +31,16 @@ from mlplab.idx import check_split
 class DatasetInfo:
     """What the pipeline needs to know about a dataset before reading it."""
 
-    torchvision_class: type[datasets.MNIST]
+    torchvision_class: type[datasets.MNIST] | None  # None: the user's own data
     mean: float
     std: float
     class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int] = (1, 28, 28)
+    image_shape: tuple[int, ...] = (1, 28, 28)
+    box: int = 28  # side of the box predict.py scales a picture's ink into (MNIST: 20, how the dataset was made)
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(datasets.MNIST, 0.1307, 0.3081, tuple(str(d) for d in range(10))),
+    "mnist": DatasetInfo(datasets.MNIST, 0.1307, 0.3081, tuple(str(d) for d in range(10)), box=20),
     "fashion_mnist": DatasetInfo(
         datasets.FashionMNIST,
         0.2860,
@@ -207,25 +209,24 @@ class TensorLoader:
             yield self.images[idx], self.labels[idx]
 
 
-class MNISTDataModule(L.LightningDataModule):
-    """MNIST, Fashion-MNIST or KMNIST with a seeded validation split carved from the training set.
+class SplitDataModule(L.LightningDataModule):
+    """What every dataset shares: validation carved from the training part by a seeded split (or one fold of a
+    stratified k-fold partition), ``classes`` / ``samples_per_class`` / ``train_fraction`` subsets, splits held as
+    normalized tensors on the training device and served by index, augmentation on the device.
 
-    ``num_folds=k, fold=i``: validate on fold i of a stratified k-fold partition of the training set
-    (seeded by ``split_seed``; ``val_size`` is then unused) and train on the other k-1 folds.
+    A subclass says what its data is: ``info`` (class names, image shape, mean and std), ``read_splits`` (the
+    training part and the test part as tensors) and, for data whose normalization is learnt from the training
+    split, ``fit_normalization``. ``state_dict`` records what the data was (class names, normalization, input
+    shape), so a checkpoint alone is enough for eval.py, predict.py and export.py.
     """
 
     def __init__(
         self,
-        dataset: str = "mnist",
-        data_dir: str = "./data",
         batch_size: int = 64,
         eval_batch_size: int = 1000,
         val_size: int = 5000,
         split_seed: int = 0,
         seed: int = 0,
-        loader: str = "tensor",
-        num_workers: int = 0,
-        download: bool = True,
         augment: dict | None = None,
         num_folds: int | None = None,
         fold: int | None = None,
@@ -234,10 +235,6 @@ class MNISTDataModule(L.LightningDataModule):
         train_fraction: float | None = None,
     ) -> None:
         super().__init__()
-        if dataset not in DATASETS:
-            raise ConfigError(f"data.dataset={dataset!r} is not known; choose one of {', '.join(DATASETS)}")
-        if loader not in LOADERS:
-            raise ConfigError(f"data.loader={loader!r} is not known; choose one of {', '.join(LOADERS)}")
         check_folds(num_folds, fold)
         if samples_per_class is not None and train_fraction is not None:
             raise ConfigError("give data.samples_per_class or data.train_fraction, not both")
@@ -245,15 +242,25 @@ class MNISTDataModule(L.LightningDataModule):
             raise ConfigError(f"data.samples_per_class={samples_per_class} must be a whole number >= 1 (images per class)")
         if train_fraction is not None and not 0 < train_fraction <= 1:
             raise ConfigError(f"data.train_fraction={train_fraction} must be in (0, 1]")
-        self.save_hyperparameters()
-        self.info = DATASETS[dataset]
-        self.label_map = class_label_map(classes, len(self.info.class_names))  # None: every label, unchanged
+        self.save_hyperparameters()  # with the subclass's own arguments (Lightning collects every __init__ frame)
         self.augment = BatchAffine(**augment) if augment and augment.get("enabled", True) else None
         self.train_set = self.val_set = self.test_set = None
 
+    info: DatasetInfo  # set or computed by the subclass
+
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def name(self) -> str:
+        """What the data is, for log lines and metrics.json."""
+        return self.hparams.get("dataset", type(self).__name__)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
         return self.info.image_shape
+
+    @property
+    def is_image(self) -> bool:
+        """Images ``(channels, height, width)``, as opposed to rows of tabular features."""
+        return len(self.input_shape) == 3
 
     @property
     def in_features(self) -> int:
@@ -261,38 +268,47 @@ class MNISTDataModule(L.LightningDataModule):
         return math.prod(self.input_shape)
 
     @property
+    def label_map(self) -> torch.Tensor | None:
+        """``data.classes`` as a lookup table (None: every label, unchanged)."""
+        return class_label_map(self.hparams.classes, len(self.info.class_names))
+
+    @property
     def class_names(self) -> tuple[str, ...]:
-        return class_names(self.hparams.dataset, self.hparams.classes)
+        names, classes = self.info.class_names, self.hparams.classes
+        return names if classes is None else tuple(names[c] for c in classes)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def prepare_data(self) -> None:
-        """Download once (rank 0) when files are missing; fail with one clear line when that is impossible."""
-        folder = raw_folder(self.hparams.data_dir, self.hparams.dataset)
-        missing = [name for name in expected_files(self.hparams.dataset) if not (folder / name).is_file()]
-        if not missing:
-            return
-        if not self.hparams.download:
-            raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, "data.download=false"))
-        try:
-            self.info.torchvision_class(self.hparams.data_dir, train=True, download=True)
-        except Exception as err:  # no network, a mirror down, a bad checksum: all end the same way for the user
-            reason = "download failed: " + " ".join(f"{type(err).__name__}: {err}".split())
-            raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, reason)) from err
+    def read_splits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(images, labels, test_images, test_labels)``: uint8 images ``[N, H, W]`` (or float features ``[N, F]``)."""
+        raise NotImplementedError
+
+    def fit_normalization(self, train_values: torch.Tensor) -> None:
+        """Learn normalization statistics from the training split (after validation is carved); fixed by default."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the data was, saved in every checkpoint (plain values and tensors: weights-only loadable)."""
+        return {
+            "class_names": list(self.class_names),
+            "input_shape": list(self.input_shape),
+            "mean": self.info.mean,
+            "std": self.info.std,
+            "box": self.info.box,
+        }
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        images, labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=True)
-        test_images, test_labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=False)
+        images, labels, test_images, test_labels = self.read_splits()
         if self.hparams.num_folds is None:
             train_idx, val_idx = split_train_val(len(labels), self.hparams.val_size, self.hparams.split_seed)
         else:
             train_idx, val_idx = split_folds(labels, self.hparams.num_folds, self.hparams.fold, self.hparams.split_seed)
         train_idx, val_idx, test_idx = self._select(labels, test_labels, train_idx, val_idx)
-        if self.hparams.loader == "torchvision":
+        self.fit_normalization(images[train_idx])
+        if self.hparams.get("loader") == "torchvision":
             self._setup_torchvision(train_idx, val_idx, test_idx)
             return
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -324,16 +340,6 @@ class MNISTDataModule(L.LightningDataModule):
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return ((images.float() / 255 - self.info.mean) / self.info.std).unsqueeze(1)
 
-    def _setup_torchvision(self, train_idx: torch.Tensor, val_idx: torch.Tensor, test_idx: torch.Tensor) -> None:
-        to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((self.info.mean,), (self.info.std,))])
-        relabel = None if self.label_map is None else self.label_map.tolist().__getitem__
-        cls, root = self.info.torchvision_class, self.hparams.data_dir
-        train_full = cls(root, train=True, download=False, transform=to_tensor, target_transform=relabel)
-        self.train_set = Subset(train_full, train_idx.tolist())
-        self.val_set = Subset(train_full, val_idx.tolist())
-        test_full = cls(root, train=False, download=False, transform=to_tensor, target_transform=relabel)
-        self.test_set = Subset(test_full, test_idx.tolist())
-
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:
             return 0, 1
@@ -341,7 +347,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> TensorLoader | DataLoader:
         rank, world = self._rank_and_world()
-        if self.hparams.loader == "torchvision":
+        if self.hparams.get("loader") == "torchvision":
             return DataLoader(
                 self.train_set,
                 batch_size=self.hparams.batch_size,
@@ -361,7 +367,7 @@ class MNISTDataModule(L.LightningDataModule):
         return self._eval_loader(self.test_set)
 
     def _eval_loader(self, split) -> TensorLoader | DataLoader:
-        if self.hparams.loader == "torchvision":
+        if self.hparams.get("loader") == "torchvision":
             return DataLoader(split, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers)
         images, labels = split
         rank, world = self._rank_and_world()
@@ -375,3 +381,57 @@ class MNISTDataModule(L.LightningDataModule):
         images, labels = batch
         background = -self.info.mean / self.info.std  # a black pixel after normalization
         return self.augment(images, fill=background), labels
+
+
+class MNISTDataModule(SplitDataModule):
+    """MNIST, Fashion-MNIST or KMNIST with a seeded validation split carved from the training set.
+
+    ``num_folds=k, fold=i``: validate on fold i of a stratified k-fold partition of the training set
+    (seeded by ``split_seed``; ``val_size`` is then unused) and train on the other k-1 folds.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        data_dir: str = "./data",
+        loader: str = "tensor",
+        num_workers: int = 0,
+        download: bool = True,
+        **split_settings: Any,
+    ) -> None:
+        if dataset not in DATASETS:
+            raise ConfigError(f"data.dataset={dataset!r} is not known; choose one of {', '.join(DATASETS)}")
+        if loader not in LOADERS:
+            raise ConfigError(f"data.loader={loader!r} is not known; choose one of {', '.join(LOADERS)}")
+        super().__init__(**split_settings)
+        self.info = DATASETS[dataset]
+        self.label_map  # noqa: B018 -- refuses a bad data.classes now, before any data is read
+
+    def prepare_data(self) -> None:
+        """Download once (rank 0) when files are missing; fail with one clear line when that is impossible."""
+        folder = raw_folder(self.hparams.data_dir, self.hparams.dataset)
+        missing = [name for name in expected_files(self.hparams.dataset) if not (folder / name).is_file()]
+        if not missing:
+            return
+        if not self.hparams.download:
+            raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, "data.download=false"))
+        try:
+            self.info.torchvision_class(self.hparams.data_dir, train=True, download=True)
+        except Exception as err:  # no network, a mirror down, a bad checksum: all end the same way for the user
+            reason = "download failed: " + " ".join(f"{type(err).__name__}: {err}".split())
+            raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, reason)) from err
+
+    def read_splits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=True)
+        test_images, test_labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=False)
+        return images, labels, test_images, test_labels
+
+    def _setup_torchvision(self, train_idx: torch.Tensor, val_idx: torch.Tensor, test_idx: torch.Tensor) -> None:
+        to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((self.info.mean,), (self.info.std,))])
+        relabel = None if self.label_map is None else self.label_map.tolist().__getitem__
+        cls, root = self.info.torchvision_class, self.hparams.data_dir
+        train_full = cls(root, train=True, download=False, transform=to_tensor, target_transform=relabel)
+        self.train_set = Subset(train_full, train_idx.tolist())
+        self.val_set = Subset(train_full, val_idx.tolist())
+        test_full = cls(root, train=False, download=False, transform=to_tensor, target_transform=relabel)
+        self.test_set = Subset(test_full, test_idx.tolist())
