@@ -71,6 +71,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.eval_batch_size": (count, "an integer >= 1"),
     "data.val_size": (count, "an integer >= 1"),
     "data.num_workers": (integer(lambda v: v >= 0), "an integer >= 0"),
+    "data.test_fraction": (number(lambda v: 0 < v < 1), "a number in (0, 1)"),
+    "data.invert": one_of(("auto", True, False)),
+    "data.box": (count, "an integer >= 1"),
+    "data.size": (count, "an integer >= 1"),
+    "data.label_column": (lambda v: v is None or isinstance(v, str), "a column name, or null for Kaggle's layout"),
     "data.augment.translate": (non_negative, "a number >= 0"),
     "data.augment.degrees": (non_negative, "a number >= 0"),
     "data.augment.scale": (fraction, "a number in [0, 1)"),
@@ -81,6 +86,11 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.num_nodes": (count, "an integer >= 1"),
     "callbacks.early_stopping.patience": (integer(lambda v: v >= 0), "an integer >= 0"),
     "seed": (integer(lambda v: v >= 0), "an integer >= 0"),
+}
+# Keys without a default (``???``) that a chosen group needs on the command line.
+REQUIRED: dict[str, str] = {
+    "data.root": "a folder with one subfolder of pictures per class (data=image_folder data.root=<dir>)",
+    "data.path": "a CSV file (data=csv data.path=<file>)",
 }
 # Keys that may appear in any group (few-shot subsets, cross-validation folds): checked wherever they are.
 ANYWHERE: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -145,6 +155,11 @@ def violations(cfg: DictConfig) -> Iterator[tuple[str, Any, str]]:
                 yield path + "fold", fold, f"null unless {path}num_folds is set"
             elif count(folds) and not integer(lambda v: 0 <= v < folds)(fold):
                 yield path + "fold", fold, f"an integer in [0, {path}num_folds={folds}) (every fold: -m '{path}fold=range({folds})')"
+    for key, allowed in REQUIRED.items():
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent, default=None)
+        if isinstance(node, DictConfig) and leaf in node.keys() and OmegaConf.is_missing(node, leaf):
+            yield key, "???", f"given: {allowed}"
     yield from val_size_violation(cfg)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is not None and not Path(ckpt_path).is_file():

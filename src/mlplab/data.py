@@ -11,6 +11,7 @@ fold of a stratified k-fold partition of it); ``test`` is always the official te
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 LOADERS = ("tensor", "torchvision")
+log = logging.getLogger(__name__)
 
 
 def expected_files(dataset: str) -> list[str]:
@@ -435,3 +437,88 @@ class MNISTDataModule(SplitDataModule):
         self.val_set = Subset(train_full, val_idx.tolist())
         test_full = cls(root, train=False, download=False, transform=to_tensor, target_transform=relabel)
         self.test_set = Subset(test_full, test_idx.tolist())
+
+
+@dataclass
+class LoadedData:
+    """A user's data as read from disk: uint8 images ``[N, H, W]`` or float32 features ``[N, F]``, labels 0..k-1
+    indexing ``class_names``, and the test part when the files have one (None: carved from the training part)."""
+
+    values: torch.Tensor
+    labels: torch.Tensor
+    test_values: torch.Tensor | None
+    test_labels: torch.Tensor | None
+    class_names: tuple[str, ...]
+    source: str  # the file or folder, for messages
+    box: int = 28
+
+
+class OwnDataModule(SplitDataModule):
+    """A user's own files (``data=image_folder``, ``data=csv``): read on first use, since the input size and the
+    classes come from the data; without a test part, a seeded stratified ``test_fraction`` of the data is held
+    out as the test split. Normalization statistics come from the training split only (not validation, not test).
+    """
+
+    def __init__(self, test_fraction: float = 0.2, **split_settings: Any) -> None:
+        if not (isinstance(test_fraction, int | float) and 0 < test_fraction < 1):
+            raise ConfigError(f"data.test_fraction={test_fraction} must be in (0, 1) (used when the data has no test part)")
+        super().__init__(**split_settings)
+        self._data: LoadedData | None = None
+        self.mean: float | torch.Tensor = 0.0
+        self.std: float | torch.Tensor = 1.0
+
+    def load(self) -> LoadedData:
+        raise NotImplementedError
+
+    @property
+    def data(self) -> LoadedData:
+        if self._data is None:
+            data = self.load()
+            present = data.labels.unique()
+            if len(data.class_names) < 2 or len(present) < 2:
+                raise DataError(f"{data.source} holds {len(present)} class(es) ({', '.join(data.class_names)}); "
+                                "training needs at least two")
+            if data.values.ndim == 2:
+                log.info("%s: tabular data (%d features), standardized with the training split's statistics; "
+                         "image-only parts (augmentation, sample and misclassified-image figures) are skipped",
+                         data.source, data.values.shape[1])
+                self.augment = None
+            self._data = data
+        return self._data
+
+    @property
+    def name(self) -> str:
+        return f"{self.hparams.get('dataset', type(self).__name__)} {self.data.source}"
+
+    @property
+    def info(self) -> DatasetInfo:
+        data = self.data
+        shape = (1, *data.values.shape[1:]) if data.values.ndim == 3 else (data.values.shape[1],)
+        return DatasetInfo(None, self.mean, self.std, data.class_names, shape, data.box)
+
+    def read_splits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        data = self.data
+        if data.test_values is not None:
+            return data.values, data.labels, data.test_values, data.test_labels
+        test = stratified_subset(data.labels, None, self.hparams.test_fraction, self.hparams.split_seed)
+        rest = torch.ones(len(data.labels), dtype=torch.bool)
+        rest[test] = False
+        lonely = set(data.labels.unique().tolist()) - set(data.labels[rest].unique().tolist())
+        if lonely:
+            names = ", ".join(data.class_names[c] for c in sorted(lonely))
+            raise DataError(f"{data.source}: class {names} has a single example, which went to the test split; "
+                            "every class needs at least two (or give a test part)")
+        return data.values[rest], data.labels[rest], data.values[test], data.labels[test]
+
+    def fit_normalization(self, train_values: torch.Tensor) -> None:
+        if self.is_image:  # one mean and std over all pixels, as the built-in datasets have
+            pixels = train_values.float() / 255
+            self.mean, self.std = float(pixels.mean()), float(pixels.std().clamp(min=1e-6))
+        else:  # per feature; a constant feature is only centred
+            std = train_values.std(0)
+            self.mean, self.std = train_values.mean(0), torch.where(std > 0, std, torch.ones_like(std))
+
+    def _normalize(self, values: torch.Tensor) -> torch.Tensor:
+        if self.is_image:
+            return super()._normalize(values)
+        return (values - self.mean.to(values.device)) / self.std.to(values.device)
