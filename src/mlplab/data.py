@@ -456,16 +456,21 @@ class LoadedData:
 class OwnDataModule(SplitDataModule):
     """A user's own files (``data=image_folder``, ``data=csv``): read on first use, since the input size and the
     classes come from the data; without a test part, a seeded stratified ``test_fraction`` of the data is held
-    out as the test split. Normalization statistics come from the training split only (not validation, not test).
+    out as the test split. Normalization: images use ``mean`` and ``std`` when given (the configs give MNIST's:
+    the pictures are prepared like MNIST, and an MNIST-pretrained network then sees what it was trained on);
+    tabular features, and images with ``mean: null``, use statistics of the training split only.
     """
 
-    def __init__(self, test_fraction: float = 0.2, **split_settings: Any) -> None:
+    def __init__(self, test_fraction: float = 0.2, mean: float | None = None, std: float | None = None,
+                 **split_settings: Any) -> None:
         if not (isinstance(test_fraction, int | float) and 0 < test_fraction < 1):
             raise ConfigError(f"data.test_fraction={test_fraction} must be in (0, 1) (used when the data has no test part)")
+        if (mean is None) != (std is None) or (std is not None and not std > 0):
+            raise ConfigError(f"data.mean={mean} and data.std={std} must both be null or both numbers, std > 0")
         super().__init__(**split_settings)
         self._data: LoadedData | None = None
-        self.mean: float | torch.Tensor = 0.0
-        self.std: float | torch.Tensor = 1.0
+        self.mean: float | torch.Tensor = 0.0 if mean is None else mean
+        self.std: float | torch.Tensor = 1.0 if std is None else std
 
     def load(self) -> LoadedData:
         raise NotImplementedError
@@ -511,6 +516,8 @@ class OwnDataModule(SplitDataModule):
         return data.values[rest], data.labels[rest], data.values[test], data.labels[test]
 
     def fit_normalization(self, train_values: torch.Tensor) -> None:
+        if self.is_image and self.hparams.mean is not None:
+            return
         if self.is_image:  # one mean and std over all pixels, as the built-in datasets have
             pixels = train_values.float() / 255
             self.mean, self.std = float(pixels.mean()), float(pixels.std().clamp(min=1e-6))
