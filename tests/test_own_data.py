@@ -12,12 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import compose_train, run_script, synthetic_digits
+from hydra import compose, initialize_config_dir
+from omegaconf import open_dict
+
+from conftest import CONF_DIR, compose_train, run_script, synthetic_digits
 from mlplab.csv_data import CSVDataModule
 from mlplab.errors import ConfigError, DataError
 from mlplab.image_folder import ImageFolderDataModule
 from mlplab.pictures import prepare_picture
 from mlplab.evaluation import evaluate
+from mlplab.finetune import finetune
 from mlplab.pipeline import train
 from mlplab.prediction import predict
 from test_inspect import compose_entry
@@ -133,7 +137,7 @@ def test_train_and_test_subfolders_are_the_splits(tmp_path):
 
 def test_image_folder_trains_and_the_checkpoint_carries_the_class_names(folder, tmp_path):
     cfg = compose_train([*TINY, "data=image_folder", f"data.root={folder}", f"data.cache_dir={tmp_path / 'c'}",
-                         "data.val_size=6", "trainer.max_epochs=8", "data.batch_size=8"], tmp_path / "run")
+                         "data.val_size=6", "trainer.max_epochs=6", "data.batch_size=8"], tmp_path / "run")
     train(cfg)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.5  # three clearly different shapes: far above chance (1/3)
@@ -147,14 +151,19 @@ def test_image_folder_trains_and_the_checkpoint_carries_the_class_names(folder, 
 
 # --- CSV files ---------------------------------------------------------------------------------------------
 
-def test_kaggle_round_trip_train_csv_to_a_submission(kaggle, tmp_path):
-    """train.csv -> train.py -> predict.py on test.csv -> submission.csv (ImageId,Label), as Kaggle wants it."""
-    run_dir = tmp_path / "run"
+@pytest.fixture(scope="module")
+def kaggle_run(kaggle, tmp_path_factory) -> dict:
+    """`python train.py data=csv data.path=train.csv` finished: its metrics.json."""
+    run_dir = tmp_path_factory.mktemp("kaggle_run")
     train(compose_train([*TINY, "data=csv", f"data.path={kaggle / 'train.csv'}", "data.val_size=50",
-                         "model.hidden_dims=[64]", "trainer.max_epochs=6"], run_dir))
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["test/acc"] > 0.4  # held-out 20 % of train.csv; chance is 0.1
-    result = run_script("predict.py", f"ckpt_path={metrics['best_ckpt']}", f"inputs={kaggle / 'test.csv'}",
+                         "model.hidden_dims=[64]", "trainer.max_epochs=5"], run_dir))
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_kaggle_round_trip_train_csv_to_a_submission(kaggle, kaggle_run, tmp_path):
+    """train.csv -> train.py -> predict.py on test.csv -> submission.csv (ImageId,Label), as Kaggle wants it."""
+    assert kaggle_run["test/acc"] > 0.4  # held-out 20 % of train.csv; chance is 0.1
+    result = run_script("predict.py", f"ckpt_path={kaggle_run['best_ckpt']}", f"inputs={kaggle / 'test.csv'}",
                         f"hydra.run.dir={tmp_path / 'predicted'}", data_dir=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     with open(tmp_path / "predicted" / "submission.csv") as file:
@@ -163,6 +172,20 @@ def test_kaggle_round_trip_train_csv_to_a_submission(kaggle, tmp_path):
     assert {r[1] for r in rows[1:]} <= {str(d) for d in range(10)}
     _, labels = synthetic_digits(20, 2)
     assert np.mean([int(r[1]) for r in rows[1:]] == labels) > 0.4
+
+
+def test_a_kaggle_model_fine_tunes_on_a_picture_folder(kaggle_run, folder, tmp_path):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name="finetune", overrides=[
+            *(o for o in TINY if not o.startswith("model.")), f"pretrained={kaggle_run['best_ckpt']}",  # no model group
+            "data=image_folder", f"data.root={folder}",
+            f"data.cache_dir={tmp_path / 'cache'}", "data.val_size=6", "data.samples_per_class=4", "trainer.max_epochs=3"])
+    with open_dict(cfg):
+        cfg.output_dir = str(tmp_path / "run")
+    finetune(cfg)
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["head_reset"] is True and 0 <= metrics["test/acc"] <= 1  # 10 digits -> 3 shapes: a new head
+    assert load_trained(metrics["best_ckpt"]).class_names == ("bar", "circle", "cross")
 
 
 def test_kaggle_rows_are_images_and_take_classes_samples_per_class_and_folds(kaggle):
