@@ -27,7 +27,7 @@ from mlplab.pictures import IMAGE_SUFFIXES, prepare_picture
 log = logging.getLogger(__name__)
 
 # Part of the cache key: bump it when prepare_picture changes what it makes of a file.
-PREPARATION_VERSION = 1
+PREPARATION_VERSION = 2
 
 
 def class_folders(folder: Path) -> list[Path]:

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from mlplab.errors import DataError, UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+PAPER_LEVEL = 0.3  # ink below this share of the darkest stroke's contrast is paper (MNIST's background is 0)
 
 
 def find_images(inputs: str | Sequence[str]) -> list[Path]:
@@ -70,6 +71,18 @@ def border(image: torch.Tensor) -> torch.Tensor:
     return torch.cat([image[0], image[-1], image[:, 0], image[:, -1]])
 
 
+def opened(mask: torch.Tensor) -> torch.Tensor:
+    """A binary image without specks narrower than 3 pixels (erosion, then dilation), for locating the strokes;
+    a big picture is shrunk first, so "3 pixels" stays small against its strokes."""
+    shrink = max(1, min(mask.shape) // 64)
+    x = F.max_pool2d(mask[None, None].float(), shrink) if shrink > 1 else mask[None, None].float()
+    x = -F.max_pool2d(-x, 3, stride=1, padding=1)
+    x = F.max_pool2d(x, 3, stride=1, padding=1)
+    if shrink > 1:
+        x = F.interpolate(x, size=mask.shape, mode="nearest")
+    return x[0, 0] > 0.5 if x.any() else mask  # a drawing of thin lines only: keep it as it is
+
+
 def to_model_input(gray: torch.Tensor, invert: bool | str = "auto", fit: bool = True, box: int = 20,
                    size: int = 28) -> torch.Tensor:
     """A grayscale picture -> ``[size, size]`` in [0, 1], light ink on a dark background (before normalization)."""
@@ -81,7 +94,9 @@ def to_model_input(gray: torch.Tensor, invert: bool | str = "auto", fit: bool = 
         return resize(gray, (size, size))
     background = border(gray).median()
     ink = ((gray - background) / (gray.max() - background).clamp(min=1e-6)).clamp(0, 1)
-    rows, cols = (ink > 0.2).any(1).nonzero()[:, 0], (ink > 0.2).any(0).nonzero()[:, 0]
+    ink = torch.where(ink > PAPER_LEVEL, ink, 0)  # grain, uneven light and faint smudges are paper, not ink
+    strokes = opened(ink > 0.2)
+    rows, cols = strokes.any(1).nonzero()[:, 0], strokes.any(0).nonzero()[:, 0]
     canvas = torch.zeros(size, size)
     if len(rows) == 0:
         return canvas  # a blank picture
