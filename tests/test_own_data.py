@@ -271,3 +271,17 @@ def test_bad_csv_files_are_one_line_errors(tmp_path, case):
         dm = CSVDataModule(path=str(tmp_path / "bad.csv"), val_size=1, **settings)
         dm.setup("fit")
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_paper_grain_and_specks_do_not_move_the_crop(tmp_path):
+    """A digit photographed on grainy paper with a speck of dirt is prepared like the same digit on clean paper."""
+    rng = np.random.default_rng(0)
+    clean = np.full((80, 80), 220, np.uint8)
+    clean[20:60, 36:44] = 30  # a "1"
+    grainy = np.clip(clean + rng.normal(0, 12, clean.shape) + np.linspace(-20, 20, 80)[None], 0, 255).astype(np.uint8)
+    grainy[4:6, 70:72] = 90  # a speck far from the digit
+    for name, pixels in (("clean.png", clean), ("grainy.png", grainy)):
+        Image.fromarray(pixels).save(tmp_path / name)
+    a, b = prepare_picture(tmp_path / "clean.png"), prepare_picture(tmp_path / "grainy.png")
+    assert (b > 0.5).nonzero().float().mean(0).sub((a > 0.5).nonzero().float().mean(0)).abs().max() < 1  # same place
+    assert b[a == 0].mean() < 0.02  # the paper around it is black, as in MNIST
