@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pa_csv
 import torch
@@ -92,7 +93,8 @@ def read_numbers(path: Path, columns: list[str], label_column: str | None = None
     try:
         reader = pa_csv.open_csv(path, read_options=pa_csv.ReadOptions(block_size=BLOCK_BYTES), convert_options=options)
         for batch in reader:
-            block = torch.stack([torch.from_numpy(batch.column(i).to_numpy(zero_copy_only=False)) for i in order], 1)
+            # one C++ copy into a row-major block (stacking per-column arrays in torch was 20x slower)
+            block = torch.from_numpy(np.asarray(batch.select(order).to_tensor(null_to_nan=True)))
             if block.isnan().any():
                 raise DataError(first_bad_line(path, not_a_number(columns, order[int(block.isnan().any(0).nonzero()[0])])))
             if rows + len(block) > len(result):  # quoted line breaks: more rows than lines; never in numeric files
