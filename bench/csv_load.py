@@ -42,6 +42,8 @@ def measure(reader: str, path: Path) -> dict:
 
     if reader == "mlplab":
         from mlplab.csv_data import read_header, read_numbers
+    elif reader == "mlplab-datamodule":
+        from mlplab.csv_data import CSVDataModule
     elif reader == "polars":
         import polars as pl
     elif reader == "pandas":
@@ -50,6 +52,10 @@ def measure(reader: str, path: Path) -> dict:
     start = time.perf_counter()
     if reader == "mlplab":
         values, labels = read_numbers(path, read_header(path), "label")
+    elif reader == "mlplab-datamodule":  # read, test and validation splits, standardization: what a run holds
+        datamodule = CSVDataModule(path=str(path), label_column="label", val_size=5000)
+        datamodule.setup("fit")
+        values = datamodule.train_set[0]
     elif reader == "polars":
         values = torch.from_numpy(pl.read_csv(path, schema_overrides=None).to_numpy().astype(np.float32, copy=False))
     else:
@@ -64,7 +70,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--columns", type=int, default=100)
     parser.add_argument("--path", type=Path, default=Path("/tmp/mlplab-bench.csv"))
-    parser.add_argument("--readers", nargs="+", default=["mlplab", "polars", "pandas"])
+    parser.add_argument("--readers", nargs="+", default=["mlplab", "polars", "pandas", "mlplab-datamodule"])
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process: measure this reader
     args = parser.parse_args()
     if args.one:
