@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -502,7 +502,11 @@ class OwnDataModule(SplitDataModule):
         return DatasetInfo(None, self.mean, self.std, data.class_names, shape, data.box)
 
     def read_splits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The splits, handed over: the datamodule keeps only the data's shape and classes, so that a large file is
+        not held twice while setup builds the normalized splits from it."""
         data = self.data
+        self._data = replace(data, values=data.values[:0].clone(), labels=data.labels[:0].clone(), test_values=None,
+                             test_labels=None)
         if data.test_values is not None:
             return data.values, data.labels, data.test_values, data.test_labels
         test = stratified_subset(data.labels, None, self.hparams.test_fraction, self.hparams.split_seed)
