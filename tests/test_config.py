@@ -15,14 +15,14 @@ def options(group: str) -> list[str]:
 
 
 def test_groups_have_the_documented_options():
-    assert options("data") == ["fashion_mnist", "kmnist", "mnist"]
+    assert options("data") == ["csv", "fashion_mnist", "image_folder", "kmnist", "mnist"]
     assert options("optimizer") == ["adam", "adamw", "sgd"]
     assert options("scheduler") == ["cosine", "none", "onecycle", "plateau", "step"]
     assert options("logger") == ["csv", "many", "mlflow", "tensorboard", "wandb"]
     assert options("trainer") == ["cpu", "ddp", "default", "gpu"]
 
 
-@pytest.mark.parametrize("dataset", options("data"))
+@pytest.mark.parametrize("dataset", ["fashion_mnist", "kmnist", "mnist"])  # own data: tests/test_own_data.py
 def test_data_options_build(dataset, data_dir):
     cfg = compose_train([f"data={dataset}", f"data.data_dir={data_dir}"])
     dm = build_datamodule(cfg)

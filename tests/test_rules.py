@@ -20,7 +20,8 @@ SMALL = ["data.val_size=100", "data.batch_size=32"]
 ENTRY_POINTS = {
     "train": [[f"{group}={option}"] for group in ("optimizer", "scheduler", "trainer", "logger")
               for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))] + [["hparams_search=mlp_optuna", f"hydra/sweeper/pruner={pruner}"]
-                                                                 for pruner in ("none", "median", "hyperband", "successive_halving")],
+                                                                 for pruner in ("none", "median", "hyperband", "successive_halving")]
+             + [["data=fashion_mnist"], ["data=kmnist"], ["data=image_folder", "data.root=x"], ["data=csv", "data.path=x"]],
     "finetune": [[]], "eval": [[], ["data=mnist"]], "predict": [[]], "export": [[]], "lr_find": [[]],
 }
 

@@ -33,7 +33,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from mlplab.data import DATASETS, raw_folder
 from mlplab.errors import ConfigError, DataError, exit_with, reported_as_one_line
 from mlplab.idx import read_header
-from mlplab.rules import problem, problems, range_problems, relation_problems, split_problems
+from mlplab.rules import REQUIRED, problem, problems, range_problems, relation_problems, split_problems
 from mlplab.run_dirs import refuse_used_dir
 
 
@@ -84,10 +84,18 @@ def violations(cfg: DictConfig) -> list[str]:
     values = dict(leaf_values(cfg))
     found = problems(values) + relation_problems(values) + range_problems(values) + device_problems(values) + data_problems(values)
     found += search_space_problems(cfg)
+    found += [problem(key, "???", f"given: {needed}") for key, needed in REQUIRED.items() if is_missing(cfg, key)]
     ckpt_path = values.get("ckpt_path")
     if isinstance(ckpt_path, str) and ckpt_path and not Path(ckpt_path).is_file():
         found.append(problem("ckpt_path", ckpt_path, "an existing checkpoint file (e.g. <run>/checkpoints/last.ckpt)"))
     return list(dict.fromkeys(found))
+
+
+def is_missing(cfg: DictConfig, key: str) -> bool:
+    """``key`` is in the config without a value (``???``): a chosen group needs it on the command line."""
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, parent, default=None) if parent else cfg
+    return isinstance(node, DictConfig) and leaf in node.keys() and OmegaConf.is_missing(node, leaf)
 
 
 def leaf_values(cfg: DictConfig, path: str = "") -> Iterator[tuple[str, Any]]:

@@ -11,9 +11,10 @@ fold of a stratified k-fold partition of it); ``test`` is always the official te
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,16 @@ from mlplab.idx import check_split
 class DatasetInfo:
     """What the pipeline needs to know about a dataset before reading it."""
 
-    torchvision_class: type[datasets.MNIST]
+    torchvision_class: type[datasets.MNIST] | None  # None: the user's own data
     mean: float
     std: float
     class_names: tuple[str, ...]
-    image_shape: tuple[int, int, int] = (1, 28, 28)
+    image_shape: tuple[int, ...] = (1, 28, 28)
+    box: int = 28  # side of the box predict.py scales a picture's ink into (MNIST: 20, how the dataset was made)
 
 
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(datasets.MNIST, 0.1307, 0.3081, tuple(str(d) for d in range(10))),
+    "mnist": DatasetInfo(datasets.MNIST, 0.1307, 0.3081, tuple(str(d) for d in range(10)), box=20),
     "fashion_mnist": DatasetInfo(
         datasets.FashionMNIST,
         0.2860,
@@ -53,6 +55,7 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 LOADERS = ("tensor", "torchvision")
+log = logging.getLogger(__name__)
 
 
 def expected_files(dataset: str) -> list[str]:
@@ -196,25 +199,29 @@ class TensorLoader:
             yield self.images[idx], self.labels[idx]
 
 
-class MNISTDataModule(L.LightningDataModule):
-    """MNIST, Fashion-MNIST or KMNIST with a seeded validation split carved from the training set.
+def split_keys(settings: dict[str, Any]) -> dict[str, Any]:
+    """A data module's arguments as the config keys their rules are filed under (``data.batch_size``)."""
+    return {f"data.{key}": value for key, value in settings.items() if key != "augment"}
 
-    ``num_folds=k, fold=i``: validate on fold i of a stratified k-fold partition of the training set
-    (seeded by ``split_seed``; ``val_size`` is then unused) and train on the other k-1 folds.
+
+class SplitDataModule(L.LightningDataModule):
+    """What every dataset shares: validation carved from the training part by a seeded split (or one fold of a
+    stratified k-fold partition), ``classes`` / ``samples_per_class`` / ``train_fraction`` subsets, splits held as
+    normalized tensors on the training device and served by index, augmentation on the device.
+
+    A subclass says what its data is: ``info`` (class names, image shape, mean and std), ``read_splits`` (the
+    training part and the test part as tensors) and, for data whose normalization is learnt from the training
+    split, ``fit_normalization``. ``state_dict`` records what the data was (class names, normalization, input
+    shape), so a checkpoint alone is enough for eval.py, predict.py and export.py.
     """
 
     def __init__(
         self,
-        dataset: str = "mnist",
-        data_dir: str = "./data",
         batch_size: int = 64,
         eval_batch_size: int = 1000,
         val_size: int = 5000,
         split_seed: int = 0,
         seed: int = 0,
-        loader: str = "tensor",
-        num_workers: int = 0,
-        download: bool = True,
         augment: dict | None = None,
         num_folds: int | None = None,
         fold: int | None = None,
@@ -223,17 +230,26 @@ class MNISTDataModule(L.LightningDataModule):
         train_fraction: float | None = None,
     ) -> None:
         super().__init__()
-        arguments = dict(locals())
-        check({f"data.{key}": value for key, value in arguments.items() if key not in ("self", "augment", "__class__")})
-        self.save_hyperparameters(logger=False)  # loggers get flat names from tensorboard_extras.HParamsSummary
-        self.info = DATASETS[dataset]
-        self.label_map = class_label_map(classes, len(self.info.class_names))  # None: every label, unchanged
+        check(split_keys({key: value for key, value in locals().items() if key not in ("self", "__class__")}))
+        self.save_hyperparameters(logger=False)  # with the subclass's arguments too; loggers get flat names (HParamsSummary)
         self.augment = BatchAffine(**augment) if augment and augment.get("enabled", True) else None
         self.train_set = self.val_set = self.test_set = None
 
+    info: DatasetInfo  # set or computed by the subclass
+
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def name(self) -> str:
+        """What the data is, for log lines and metrics.json."""
+        return self.hparams.get("dataset", type(self).__name__)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
         return self.info.image_shape
+
+    @property
+    def is_image(self) -> bool:
+        """Images ``(channels, height, width)``, as opposed to rows of tabular features."""
+        return len(self.input_shape) == 3
 
     @property
     def in_features(self) -> int:
@@ -241,39 +257,48 @@ class MNISTDataModule(L.LightningDataModule):
         return math.prod(self.input_shape)
 
     @property
+    def label_map(self) -> torch.Tensor | None:
+        """``data.classes`` as a lookup table (None: every label, unchanged)."""
+        return class_label_map(self.hparams.classes, len(self.info.class_names))
+
+    @property
     def class_names(self) -> tuple[str, ...]:
-        return class_names(self.hparams.dataset, self.hparams.classes)
+        names, classes = self.info.class_names, self.hparams.classes
+        return names if classes is None else tuple(names[c] for c in classes)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    def prepare_data(self) -> None:
-        """Download once (rank 0) when files are missing; fail with one clear line when that is impossible."""
-        folder = raw_folder(self.hparams.data_dir, self.hparams.dataset)
-        missing = [name for name in expected_files(self.hparams.dataset) if not (folder / name).is_file()]
-        if not missing:
-            return
-        if not self.hparams.download:
-            raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, "data.download=false"))
-        try:
-            self.info.torchvision_class(self.hparams.data_dir, train=True, download=True)
-        except Exception as err:  # no network, a mirror down, a bad checksum: all end the same way for the user
-            reason = "download failed: " + " ".join(f"{type(err).__name__}: {err}".split())
-            raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, reason)) from err
+    def read_splits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(images, labels, test_images, test_labels)``: uint8 images ``[N, H, W]`` (or float features ``[N, F]``)."""
+        raise NotImplementedError
+
+    def fit_normalization(self, train_values: torch.Tensor) -> None:
+        """Learn normalization statistics from the training split (after validation is carved); fixed by default."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the data was, saved in every checkpoint (plain values and tensors: weights-only loadable)."""
+        return {
+            "class_names": list(self.class_names),
+            "input_shape": list(self.input_shape),
+            "mean": self.info.mean,
+            "std": self.info.std,
+            "box": self.info.box,
+        }
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
-        images, labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=True)
-        test_images, test_labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=False)
+        images, labels, test_images, test_labels = self.read_splits()
         check_split_sizes(len(labels), {f"data.{key}": self.hparams[key] for key in ("val_size", "num_folds", "batch_size")})
         if self.hparams.num_folds is None:
             train_idx, val_idx = split_train_val(len(labels), self.hparams.val_size, self.hparams.split_seed)
         else:
             train_idx, val_idx = split_folds(labels, self.hparams.num_folds, self.hparams.fold, self.hparams.split_seed)
         train_idx, val_idx, test_idx = self._select(labels, test_labels, train_idx, val_idx)
-        if self.hparams.loader == "torchvision":
+        self.fit_normalization(images[train_idx])
+        if self.hparams.get("loader") == "torchvision":
             self._setup_torchvision(train_idx, val_idx, test_idx)
             return
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
@@ -305,16 +330,6 @@ class MNISTDataModule(L.LightningDataModule):
     def _normalize(self, images: torch.Tensor) -> torch.Tensor:
         return ((images.float() / 255 - self.info.mean) / self.info.std).unsqueeze(1)
 
-    def _setup_torchvision(self, train_idx: torch.Tensor, val_idx: torch.Tensor, test_idx: torch.Tensor) -> None:
-        to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((self.info.mean,), (self.info.std,))])
-        relabel = None if self.label_map is None else self.label_map.tolist().__getitem__
-        cls, root = self.info.torchvision_class, self.hparams.data_dir
-        train_full = cls(root, train=True, download=False, transform=to_tensor, target_transform=relabel)
-        self.train_set = Subset(train_full, train_idx.tolist())
-        self.val_set = Subset(train_full, val_idx.tolist())
-        test_full = cls(root, train=False, download=False, transform=to_tensor, target_transform=relabel)
-        self.test_set = Subset(test_full, test_idx.tolist())
-
     def _rank_and_world(self) -> tuple[int, int]:
         if self.trainer is None:
             return 0, 1
@@ -322,7 +337,7 @@ class MNISTDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> TensorLoader | DataLoader:
         rank, world = self._rank_and_world()
-        if self.hparams.loader == "torchvision":
+        if self.hparams.get("loader") == "torchvision":
             return DataLoader(
                 self.train_set,
                 batch_size=self.hparams.batch_size,
@@ -342,7 +357,7 @@ class MNISTDataModule(L.LightningDataModule):
         return self._eval_loader(self.test_set)
 
     def _eval_loader(self, split) -> TensorLoader | DataLoader:
-        if self.hparams.loader == "torchvision":
+        if self.hparams.get("loader") == "torchvision":
             return DataLoader(split, batch_size=self.hparams.eval_batch_size, num_workers=self.hparams.num_workers)
         images, labels = split
         rank, world = self._rank_and_world()
@@ -356,3 +371,147 @@ class MNISTDataModule(L.LightningDataModule):
         images, labels = batch
         background = -self.info.mean / self.info.std  # a black pixel after normalization
         return self.augment(images, fill=background), labels
+
+
+class MNISTDataModule(SplitDataModule):
+    """MNIST, Fashion-MNIST or KMNIST with a seeded validation split carved from the training set.
+
+    ``num_folds=k, fold=i``: validate on fold i of a stratified k-fold partition of the training set
+    (seeded by ``split_seed``; ``val_size`` is then unused) and train on the other k-1 folds.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "mnist",
+        data_dir: str = "./data",
+        loader: str = "tensor",
+        num_workers: int = 0,
+        download: bool = True,
+        **split_settings: Any,
+    ) -> None:
+        check({"data.dataset": dataset, "data.data_dir": data_dir, "data.loader": loader, "data.num_workers": num_workers,
+               "data.download": download} | split_keys(split_settings))  # all at once: one line names every problem
+        super().__init__(**split_settings)
+        self.info = DATASETS[dataset]
+
+    def prepare_data(self) -> None:
+        """Download once (rank 0) when files are missing; fail with one clear line when that is impossible."""
+        folder = raw_folder(self.hparams.data_dir, self.hparams.dataset)
+        missing = [name for name in expected_files(self.hparams.dataset) if not (folder / name).is_file()]
+        if not missing:
+            return
+        if not self.hparams.download:
+            raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, "data.download=false"))
+        try:
+            self.info.torchvision_class(self.hparams.data_dir, train=True, download=True)
+        except Exception as err:  # no network, a mirror down, a bad checksum: all end the same way for the user
+            reason = "download failed: " + " ".join(f"{type(err).__name__}: {err}".split())
+            raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, reason)) from err
+
+    def read_splits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        images, labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=True)
+        test_images, test_labels = load_split(self.hparams.data_dir, self.hparams.dataset, train=False)
+        return images, labels, test_images, test_labels
+
+    def _setup_torchvision(self, train_idx: torch.Tensor, val_idx: torch.Tensor, test_idx: torch.Tensor) -> None:
+        to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((self.info.mean,), (self.info.std,))])
+        relabel = None if self.label_map is None else self.label_map.tolist().__getitem__
+        cls, root = self.info.torchvision_class, self.hparams.data_dir
+        train_full = cls(root, train=True, download=False, transform=to_tensor, target_transform=relabel)
+        self.train_set = Subset(train_full, train_idx.tolist())
+        self.val_set = Subset(train_full, val_idx.tolist())
+        test_full = cls(root, train=False, download=False, transform=to_tensor, target_transform=relabel)
+        self.test_set = Subset(test_full, test_idx.tolist())
+
+
+@dataclass
+class LoadedData:
+    """A user's data as read from disk: uint8 images ``[N, H, W]`` or float32 features ``[N, F]``, labels 0..k-1
+    indexing ``class_names``, and the test part when the files have one (None: carved from the training part)."""
+
+    values: torch.Tensor
+    labels: torch.Tensor
+    test_values: torch.Tensor | None
+    test_labels: torch.Tensor | None
+    class_names: tuple[str, ...]
+    source: str  # the file or folder, for messages
+    box: int = 28
+
+
+class OwnDataModule(SplitDataModule):
+    """A user's own files (``data=image_folder``, ``data=csv``): read on first use, since the input size and the
+    classes come from the data; without a test part, a seeded stratified ``test_fraction`` of the data is held
+    out as the test split. Normalization: images use ``mean`` and ``std`` when given (the configs give MNIST's:
+    the pictures are prepared like MNIST, and an MNIST-pretrained network then sees what it was trained on);
+    tabular features, and images with ``mean: null``, use statistics of the training split only.
+    """
+
+    def __init__(self, test_fraction: float = 0.2, mean: float | None = None, std: float | None = None,
+                 **split_settings: Any) -> None:
+        check({"data.test_fraction": test_fraction, "data.mean": mean, "data.std": std} | split_keys(split_settings))
+        super().__init__(**split_settings)
+        self._data: LoadedData | None = None
+        self.mean: float | torch.Tensor = 0.0 if mean is None else mean
+        self.std: float | torch.Tensor = 1.0 if std is None else std
+
+    def load(self) -> LoadedData:
+        raise NotImplementedError
+
+    @property
+    def data(self) -> LoadedData:
+        if self._data is None:
+            data = self.load()
+            present = data.labels.unique()
+            if len(data.class_names) < 2 or len(present) < 2:
+                raise DataError(f"{data.source} holds {len(present)} class(es) ({', '.join(data.class_names)}); "
+                                "training needs at least two")
+            if data.values.ndim == 2:
+                log.info("%s: tabular data (%d features), standardized with the training split's statistics; "
+                         "image-only parts (augmentation, sample and misclassified-image figures) are skipped",
+                         data.source, data.values.shape[1])
+                self.augment = None
+            self._data = data
+        return self._data
+
+    @property
+    def name(self) -> str:
+        return f"{self.hparams.get('dataset', type(self).__name__)} {self.data.source}"
+
+    @property
+    def info(self) -> DatasetInfo:
+        data = self.data
+        shape = (1, *data.values.shape[1:]) if data.values.ndim == 3 else (data.values.shape[1],)
+        return DatasetInfo(None, self.mean, self.std, data.class_names, shape, data.box)
+
+    def read_splits(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The splits, handed over: the datamodule keeps only the data's shape and classes, so that a large file is
+        not held twice while setup builds the normalized splits from it."""
+        data = self.data
+        self._data = replace(data, values=data.values[:0].clone(), labels=data.labels[:0].clone(), test_values=None,
+                             test_labels=None)
+        if data.test_values is not None:
+            return data.values, data.labels, data.test_values, data.test_labels
+        test = stratified_subset(data.labels, None, self.hparams.test_fraction, self.hparams.split_seed)
+        rest = torch.ones(len(data.labels), dtype=torch.bool)
+        rest[test] = False
+        lonely = set(data.labels.unique().tolist()) - set(data.labels[rest].unique().tolist())
+        if lonely:
+            names = ", ".join(data.class_names[c] for c in sorted(lonely))
+            raise DataError(f"{data.source}: class {names} has a single example, which went to the test split; "
+                            "every class needs at least two (or give a test part)")
+        return data.values[rest], data.labels[rest], data.values[test], data.labels[test]
+
+    def fit_normalization(self, train_values: torch.Tensor) -> None:
+        if self.is_image and self.hparams.mean is not None:
+            return
+        if self.is_image:  # one mean and std over all pixels, as the built-in datasets have
+            pixels = train_values.float() / 255
+            self.mean, self.std = float(pixels.mean()), float(pixels.std().clamp(min=1e-6))
+        else:  # per feature; a constant feature is only centred
+            std = train_values.std(0)
+            self.mean, self.std = train_values.mean(0), torch.where(std > 0, std, torch.ones_like(std))
+
+    def _normalize(self, values: torch.Tensor) -> torch.Tensor:
+        if self.is_image:
+            return super()._normalize(values)
+        return (values - self.mean.to(values.device)) / self.std.to(values.device)

@@ -60,6 +60,11 @@ class ClassificationReport:
     mistakes_confidence: torch.Tensor
 
     @property
+    def has_images(self) -> bool:
+        """False for tabular data: its mistakes are rows of features, not pictures to show."""
+        return self.mistakes_images.dim() == 4
+
+    @property
     def support(self) -> torch.Tensor:
         return self.confusion.sum(1)
 
@@ -127,7 +132,7 @@ class ErrorAnalysis(L.Callback):
             "recall": MulticlassRecall(k, average=None),
             "f1": MulticlassF1Score(k, average=None),
         }).to(pl_module.device)
-        shape = trainer.datamodule.input_shape
+        shape = trainer.datamodule.input_shape if trainer.datamodule.is_image else (0,)  # tabular rows: no pictures
         self._mistakes = (torch.empty(0, *shape), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long),
                           torch.empty(0))
 
@@ -139,6 +144,7 @@ class ErrorAnalysis(L.Callback):
         confidence, predicted = probabilities.max(1)
         self._metrics.update(predicted, labels)
         wrong = predicted != labels
+        images = images if images.dim() > 2 else images[:, :0]
         new = (images[wrong].float().cpu(), labels[wrong].cpu(), predicted[wrong].cpu(), confidence[wrong].cpu())
         kept = [torch.cat(pair) for pair in zip(self._mistakes, new)]
         order = kept[3].argsort(descending=True)[: self.max_mistakes]
@@ -152,12 +158,13 @@ class ErrorAnalysis(L.Callback):
         images, true, predicted, confidence = self._mistakes
         report = ClassificationReport(
             self._split, trainer.datamodule.class_names, scores["confusion"], scores["precision"], scores["recall"], scores["f1"],
-            to_display(images, info.mean, info.std), true, predicted, confidence,
+            to_display(images, info.mean, info.std) if trainer.datamodule.is_image else images, true, predicted, confidence,
         )
         self.reports[self._split] = report
         if image_loggers(trainer):
             log_figure(trainer, f"{self._split}/confusion_matrix", report.confusion_figure())
-            log_figure(trainer, f"{self._split}/misclassified", report.mistakes_figure())
+            if report.has_images:
+                log_figure(trainer, f"{self._split}/misclassified", report.mistakes_figure())
         self._split = None
 
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -183,7 +190,8 @@ def evaluation_datamodule(cfg: DictConfig, trained: TrainedClassifier) -> MNISTD
     """The checkpoint's own data settings (same dataset, same validation split), read from ``cfg.data_dir``;
     or, when the user picked ``data=<name>``, that config as it stands."""
     if cfg.get("data") is None:
-        return MNISTDataModule(**(trained.data_hparams | {"data_dir": cfg.data_dir, "augment": None}))
+        built_in = {"data_dir": cfg.data_dir} if trained.data_class is MNISTDataModule else {}  # own data: its stored path
+        return trained.datamodule(augment=None, **built_in)
     refuse_misfit(cfg.ckpt_path, None, OmegaConf.to_container(cfg.data, resolve=True), keys=("data.dataset", "data.classes"),
                   group_is_optional=True)
     return build_datamodule(cfg)
@@ -209,7 +217,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         f"{cfg.split}/loss": scores[f"{cfg.split}/loss"],
         f"{cfg.split}/macro_f1": round(float(report.f1.mean()), 6),
         "images": int(report.support.sum()),
-        "dataset": datamodule.hparams.dataset,
+        "dataset": datamodule.name,
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
         "most_confused": report.most_confused(cfg.top_confused),
     }
@@ -232,4 +240,5 @@ def write_report(output_dir: Path, metrics: dict[str, Any], report: Classificati
         writer.writeheader()
         writer.writerows(report.per_class())
     report.confusion_figure().savefig(output_dir / "confusion_matrix.png")
-    report.mistakes_figure().savefig(output_dir / "misclassified.png")
+    if report.has_images:
+        report.mistakes_figure().savefig(output_dir / "misclassified.png")

@@ -113,7 +113,7 @@ def pretrained_module(
     if pretrained.in_features != in_features:
         shape = "x".join(map(str, datamodule.input_shape))
         raise ConfigError(f"pretrained={pretrained.path} takes {pretrained.in_features} input values per image, but "
-                          f"data={datamodule.hparams.dataset} has {in_features} ({shape})")
+                          f"data={datamodule.name} has {in_features} ({shape})")
     reset_head = head_is_reset(cfg.finetune.reset_head, pretrained.num_classes, datamodule.num_classes)
     module = build_module(cfg, datamodule, net=pretrained.net, backbone_lr_scale=cfg.finetune.backbone_lr_scale)
     weights = pretrained.weights

@@ -1,116 +1,31 @@
 """Predictions for a user's own pictures: PNG or JPEG, any size, dark ink on light paper or the reverse.
 
-The network only knows its dataset's convention: 28x28 grayscale, light ink on a dark background,
-normalized with the dataset's mean and std. ``to_model_input`` converts a picture to it the way MNIST
-itself was made: grayscale (the alpha channel as ink when the background is transparent) -> invert when
-the border is light -> stretch the contrast -> crop to the ink -> scale it to fit a 20x20 box -> centre it
-by mass in 28x28. ``fit=false`` skips the cropping for pictures already framed like the dataset.
+Each picture is prepared by ``mlplab.pictures.prepare_picture`` (the preparation ``data=image_folder`` trains
+on), then normalized with the training data's mean and std. The rows of a Kaggle digit CSV (``inputs=test.csv``)
+are already 28x28 digits framed like MNIST: they go in as they are, and the run also writes Kaggle's
+``submission.csv`` (``ImageId,Label``).
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
-from PIL import Image, UnidentifiedImageError
 
+from mlplab.csv_data import kaggle_images
 from mlplab.trained import load_trained_from_config
-from mlplab.errors import ConfigError, DataError, UserError
+from mlplab.errors import ConfigError, UserError
 from mlplab.figures import image_grid_figure
+from mlplab.pictures import find_images, prepare_picture, read_grayscale, to_model_input  # noqa: F401 (public here too)
 from mlplab.rules import check, problem
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-# Side of the box the ink is scaled into: MNIST digits fill 20x20 of the 28x28 frame; Fashion-MNIST and
-# KMNIST fill the frame.
-FIT_BOX = {"mnist": 20}
-GRID_LIMIT = 64  # pictures shown in model_inputs.png
-
-
-def find_images(inputs: str | Sequence[str]) -> list[Path]:
-    """Image files from a file, a folder (its PNG/JPEG files) or a glob pattern, or a list of those."""
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    found: list[Path] = []
-    for item in map(str, items):
-        path = Path(item)
-        if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.is_file():
-            found.append(path)
-        elif glob.has_magic(item) and glob.glob(item):
-            found += sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
-        else:
-            raise UserError(f"inputs: {item} is not an image file, a folder or a pattern matching files")
-    if not found:
-        raise UserError(f"inputs={inputs} holds no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} files")
-    return found
-
-
-def read_grayscale(path: Path) -> torch.Tensor:
-    """``[H, W]`` float in [0, 1]. On a transparent background the opacity is the ink (light on dark)."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-    except Image.DecompressionBombError as err:  # PIL's guard against pictures that decode to gigabytes: kept
-        raise DataError(f"{path} is refused: {' '.join(str(err).split())} (PIL's limit, Image.MAX_IMAGE_PIXELS); "
-                        "shrink the picture first") from err
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"{path} is not a readable image ({' '.join(str(err).split())})") from err
-    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
-        alpha = image.convert("RGBA").getchannel("A")
-        if alpha.getextrema()[0] < 255:
-            image = alpha
-    pixels = torch.frombuffer(bytearray(image.convert("L").tobytes()), dtype=torch.uint8)
-    return pixels.reshape(image.height, image.width).float() / 255
-
-
-def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Area averaging when shrinking (exact for integer factors), antialiased bilinear otherwise."""
-    shrinking = size[0] <= image.shape[0] and size[1] <= image.shape[1]
-    batch = image[None, None]
-    if shrinking:
-        return F.interpolate(batch, size=size, mode="area")[0, 0]
-    return F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)[0, 0]
-
-
-def border(image: torch.Tensor) -> torch.Tensor:
-    return torch.cat([image[0], image[-1], image[:, 0], image[:, -1]])
-
-
-def to_model_input(gray: torch.Tensor, invert: bool | str = "auto", fit: bool = True, box: int = 20,
-                   size: int = 28) -> torch.Tensor:
-    """A grayscale picture -> ``[size, size]`` in [0, 1], light ink on a dark background (before normalization)."""
-    if invert == "auto":
-        invert = bool(border(gray).median() > 0.5)  # a light border: dark ink on light paper
-    if invert:
-        gray = 1 - gray
-    if not fit:
-        return resize(gray, (size, size))
-    background = border(gray).median()
-    ink = ((gray - background) / (gray.max() - background).clamp(min=1e-6)).clamp(0, 1)
-    rows, cols = (ink > 0.2).any(1).nonzero()[:, 0], (ink > 0.2).any(0).nonzero()[:, 0]
-    canvas = torch.zeros(size, size)
-    if len(rows) == 0:
-        return canvas  # a blank picture
-    crop = ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-    scale = box / max(crop.shape)
-    crop = resize(crop, (max(1, round(crop.shape[0] * scale)), max(1, round(crop.shape[1] * scale))))
-    height, width = crop.shape
-    mass = crop.sum().clamp(min=1e-6)
-    centre_y = (crop.sum(1) * torch.arange(height)).sum() / mass
-    centre_x = (crop.sum(0) * torch.arange(width)).sum() / mass
-    top = min(max(round((size - 1) / 2 - float(centre_y)), 0), size - height)
-    left = min(max(round((size - 1) / 2 - float(centre_x)), 0), size - width)
-    canvas[top : top + height, left : left + width] = crop
-    return canvas
+GRID_LIMIT = 64  # pictures shown in model_inputs.png, and rows logged
 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -120,13 +35,21 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     trained = load_trained_from_config(cfg)
     if OmegaConf.is_missing(cfg, "inputs"):
         raise UserError("inputs=<picture, folder or pattern> is required, e.g. inputs=my_digit.png or inputs=pictures/")
-    info, size = trained.info, trained.info.image_shape[-1]
-    names = trained.class_names
+    info = trained.info
+    if len(info.image_shape) != 3:
+        raise UserError(f"ckpt_path={cfg.ckpt_path} was trained on tabular data ({trained.dataset}); predict.py "
+                        "classifies pictures (eval.py scores a checkpoint on its data)")
+    size, names = info.image_shape[-1], trained.class_names
     if cfg.top_k > len(names):
         raise ConfigError(problem("top_k", cfg.top_k, f"at most {len(names)} (the number of classes)"))
-    paths = find_images(cfg.inputs)
-    box = cfg.get("box") or FIT_BOX.get(trained.dataset, size)
-    pictures = torch.stack([to_model_input(read_grayscale(p), cfg.invert, cfg.fit, box, size) for p in paths])
+    kaggle_csv = isinstance(cfg.inputs, str) and cfg.inputs.lower().endswith(".csv")
+    if kaggle_csv:
+        pictures = kaggle_images(Path(cfg.inputs)).float() / 255
+        paths = [f"{cfg.inputs}:{row}" for row in range(1, len(pictures) + 1)]
+    else:
+        paths = find_images(cfg.inputs)
+        box = cfg.get("box") or info.box
+        pictures = torch.stack([prepare_picture(p, cfg.invert, cfg.fit, box, size) for p in paths])
     with torch.no_grad():
         probabilities = trained.module(((pictures - info.mean) / info.std).unsqueeze(1)).softmax(1)
     top = probabilities.topk(cfg.top_k, dim=1)
@@ -146,7 +69,20 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     titles = [f"{Path(row['file']).name[:14]}: {row['top'][0][0]}" for row in shown]
     title = "as the network saw them" + (f" (first {GRID_LIMIT} of {len(rows)})" if len(rows) > GRID_LIMIT else "")
     image_grid_figure(pictures[:GRID_LIMIT], titles, title=title).savefig(output_dir / "model_inputs.png")
-    for row in rows:
+    for row in shown:
         log.info("%s  %s", row["file"], "  ".join(f"{name} ({p:.3f})" for name, p in row["top"]))
+    if len(rows) > GRID_LIMIT:
+        log.info("... and %d more in %s", len(rows) - GRID_LIMIT, output_dir / "predictions.csv")
+    if kaggle_csv:
+        write_submission(output_dir / "submission.csv", [row["top"][0][0] for row in rows])
     log.info("run dir: %s", output_dir)
     return rows
+
+
+def write_submission(path: Path, labels: list[str]) -> None:
+    """Kaggle's Digit Recognizer submission: ``ImageId`` (the test.csv row, from 1) and the predicted ``Label``."""
+    with open(path, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(["ImageId", "Label"])
+        writer.writerows(enumerate(labels, start=1))
+    log.info("Kaggle submission: %s (%d rows)", path, len(labels))

@@ -122,6 +122,11 @@ epochs_or_auto: Rule = (lambda v: v == "auto" or is_integer(v) and v >= 1, "auto
 pruner: Rule = (lambda v: isinstance(v, Mapping) or v in ("none", "median", "hyperband", "successive_halving"),
                 "none, median, hyperband or successive_halving (hydra/sweeper/pruner=<name> for its settings)")
 
+# Keys without a default (``???``) that a chosen group needs on the command line.
+REQUIRED: dict[str, str] = {
+    "data.root": "a folder with one subfolder of pictures per class (data=image_folder data.root=<dir>)",
+    "data.path": "a CSV file (data=csv data.path=<file>)",
+}
 RULES: dict[str, Rule] = {
     # top level (train.py, finetune.py)
     "seed": seed,
@@ -152,6 +157,19 @@ RULES: dict[str, Rule] = {
     "data.num_workers": non_negative_integer,
     "data.download": boolean,
     "data.classes": or_null(list_of(non_negative_integer, "a list of labels"), "for every label"),
+    # own data (data=image_folder, data=csv)
+    "data.root": path,
+    "data.path": path,
+    "data.test_path": or_null(path, "for a seeded test split of data.path"),
+    "data.test_fraction": number(lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "data.mean": or_null(number(lambda v: True, "a number"), "for the training split's"),
+    "data.std": or_null(positive, "for the training split's"),
+    "data.cache_dir": path,
+    "data.invert": one_of(("auto", True, False)),
+    "data.fit": boolean,
+    "data.box": integer(lambda v: v >= 1, "an integer >= 1 (at most data.size)"),
+    "data.size": count,
+    "data.label_column": or_null(text, "for Kaggle's layout (column label)"),
     "data.augment.enabled": boolean,
     "data.augment.translate": number(lambda v: 0 <= v < 1, "a number in [0, 1) (a fraction of the image size)"),
     "data.augment.degrees": number(lambda v: 0 <= v <= 180, "a number of degrees in [0, 180]"),
@@ -358,6 +376,12 @@ def relation_problems(values: Mapping[str, Any], prefix: str = "data.") -> list[
                                                   f"(every fold: -m '{prefix}fold=range({folds})')"))
     if get("samples_per_class") is not None and get("train_fraction") is not None:
         found.append(f"{prefix}samples_per_class and {prefix}train_fraction must not both be set (choose one)")
+    if prefix + "mean" in values and prefix + "std" in values and (get("mean") is None) != (get("std") is None):
+        found.append(f"{prefix}mean={shown(get('mean'))} and {prefix}std={shown(get('std'))} must both be numbers, or both "
+                     "null for the training split's statistics")
+    box, size = get("box"), get("size")
+    if is_integer(box) and is_integer(size) and box > size:
+        found.append(problem(prefix + "box", box, f"at most {prefix}size={size}"))
     classes, dataset = get("classes"), get("dataset")
     if classes is not None and rule_for("data.classes")[0](classes) and dataset in datasets():
         from mlplab.data import DATASETS

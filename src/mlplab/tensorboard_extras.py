@@ -124,7 +124,7 @@ class TrainingSamples(L.Callback):
         self._done = False
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        if self._done or not image_loggers(trainer) or self.count <= 0:
+        if self._done or not image_loggers(trainer) or self.count <= 0 or not trainer.datamodule.is_image:
             return
         self._done = True
         images, labels = batch[0][: self.count], batch[1][: self.count].tolist()

@@ -7,41 +7,62 @@ exact validation split come with the weights: nobody has to repeat them on the c
 
 from __future__ import annotations
 
+
 import shlex
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlplab.data import DATASETS, DatasetInfo, class_names
+from mlplab.csv_data import CSVDataModule
+from mlplab.data import DATASETS, DatasetInfo, MNISTDataModule, SplitDataModule, class_names
 from mlplab.errors import ConfigError, UserError
 from mlplab.faults import command_line_overrides
 from mlplab.module import ClassifierModule
+from mlplab.image_folder import ImageFolderDataModule
 from mlplab.pretrained import read_weights_only
 from mlplab.rules import shown
 from mlplab.run_record import report_origin
+
+# The datamodules a checkpoint may come from; Lightning stores each one's state_dict under its class name.
+DATAMODULES: dict[str, type[SplitDataModule]] = {
+    cls.__qualname__: cls for cls in (MNISTDataModule, ImageFolderDataModule, CSVDataModule)
+}
 
 
 @dataclass(frozen=True)
 class TrainedClassifier:
     module: ClassifierModule  # on the CPU, in eval mode
-    data_hparams: dict[str, Any]  # the MNISTDataModule arguments of the run that wrote the checkpoint
+    data_hparams: dict[str, Any]  # the datamodule arguments of the run that wrote the checkpoint
+    data_class: type[SplitDataModule] = MNISTDataModule
+    data_record: dict[str, Any] | None = None  # the datamodule's state_dict: class names, normalization, shape
     origin: dict[str, Any] | None = None  # the run that wrote it: dir, commit, data hashes (mlplab.run_record)
 
     @property
     def dataset(self) -> str:
-        return self.data_hparams["dataset"]
+        """The built-in dataset's name, or the user's file or folder."""
+        return self.data_hparams.get("dataset") or str(self.data_hparams.get("root") or self.data_hparams.get("path"))
 
     @property
     def class_names(self) -> tuple[str, ...]:
+        if self.data_record is not None:
+            return tuple(self.data_record["class_names"])
         return class_names(self.dataset, self.data_hparams.get("classes"))
 
     @property
     def info(self) -> DatasetInfo:
-        return DATASETS[self.dataset]
+        """Class names (after ``data.classes``), normalization, input shape and picture box of the training data."""
+        if self.data_record is None:  # written before checkpoints recorded their data
+            return DATASETS[self.dataset]
+        record = self.data_record
+        return DatasetInfo(None, record["mean"], record["std"], self.class_names, tuple(record["input_shape"]), record["box"])
+
+    def datamodule(self, **overrides: Any) -> SplitDataModule:
+        """The run's own data settings (same files, same validation split), with ``overrides``."""
+        return self.data_class(**(self.data_hparams | overrides))
 
 
 def load_trained(ckpt_path: str | Path) -> TrainedClassifier:
@@ -50,11 +71,13 @@ def load_trained(ckpt_path: str | Path) -> TrainedClassifier:
     raw = read_weights_only(path, key="ckpt_path")
     hparams = raw.get("hyper_parameters", {}) if isinstance(raw, dict) else {}
     data = raw.get("datamodule_hyper_parameters", {}) if isinstance(raw, dict) else {}
-    if "net" not in hparams or data.get("dataset") not in DATASETS:
+    kind = next((name for name in DATAMODULES if isinstance(raw, dict) and name in raw), None)
+    if "net" not in hparams or (kind is None and data.get("dataset") not in DATASETS):
         raise UserError(f"ckpt_path={ckpt_path} is not an mlplab checkpoint: it does not record its network "
                         "and dataset (write one with train.py)")
     module = ClassifierModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
-    return TrainedClassifier(module.eval(), dict(data))
+    data_class = DATAMODULES[kind] if kind else MNISTDataModule
+    return TrainedClassifier(module.eval(), dict(data), data_class, raw[kind] if kind else None)
 
 
 # What a checkpoint's weights and labels depend on: a run resumed or evaluated with other values cannot use them.
@@ -112,4 +135,4 @@ def load_trained_from_config(cfg: DictConfig) -> TrainedClassifier:
         raise UserError("ckpt_path=<file> is required: a checkpoint written by train.py, "
                         "e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
     trained = load_trained(cfg.ckpt_path)
-    return TrainedClassifier(trained.module, trained.data_hparams, report_origin(cfg.ckpt_path))
+    return replace(trained, origin=report_origin(cfg.ckpt_path))
