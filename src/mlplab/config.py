@@ -53,6 +53,7 @@ def one_of(choices: Sequence[Any]) -> tuple[Callable[[Any], bool], str]:
 
 positive, non_negative = number(lambda v: v > 0), number(lambda v: v >= 0)
 fraction = number(lambda v: 0 <= v < 1)
+probability = number(lambda v: 0 <= v <= 1)
 count = integer(lambda v: v >= 1)
 
 # key -> (test, what is allowed). Keys absent from the composed config (optimizer.momentum under adam) are skipped.
@@ -74,6 +75,14 @@ RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.augment.translate": (non_negative, "a number >= 0"),
     "data.augment.degrees": (non_negative, "a number >= 0"),
     "data.augment.scale": (fraction, "a number in [0, 1)"),
+    "data.augment.hflip": (probability, "a probability in [0, 1]"),
+    "data.augment.elastic_alpha": (non_negative, "a number >= 0 (pixels; 0 = off)"),
+    "data.augment.elastic_sigma": (positive, "a number > 0 (pixels)"),
+    "data.augment.erasing": (probability, "a probability in [0, 1]"),
+    "data.augment.erasing_scale": (
+        lambda v: isinstance(v, Sequence) and len(v) == 2 and all(map(number(lambda f: 0 < f <= 1), v)) and v[0] <= v[1],
+        "[low, high] area fractions with 0 < low <= high <= 1",
+    ),
     "regularization.l1": (non_negative, "a number >= 0"),
     "regularization.label_smoothing": (fraction, "a number in [0, 1)"),
     "trainer.max_epochs": (integer(lambda v: v >= 1 or v == -1), "an integer >= 1 (or -1: no limit)"),

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
-from mlplab.augment import BatchAffine
+from mlplab.augment import BatchAugment
 from mlplab.errors import ConfigError, DataError
 from mlplab.idx import check_split
 
@@ -248,7 +248,7 @@ class MNISTDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         self.info = DATASETS[dataset]
         self.label_map = class_label_map(classes, len(self.info.class_names))  # None: every label, unchanged
-        self.augment = BatchAffine(**augment) if augment and augment.get("enabled", True) else None
+        self.augment = BatchAugment(**augment) if augment and augment.get("enabled", True) else None
         self.train_set = self.val_set = self.test_set = None
 
     @property
