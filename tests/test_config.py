@@ -110,7 +110,7 @@ def test_auto_precision_resolves_to_a_lightning_precision(tmp_path):
     [
         ("optimizer=adamx", "optimizer=adamx is not an option; choose one of adam, adamw, sgd"),
         ("scheduler=none,cosinus", "scheduler=cosinus is not an option; choose one of cosine, none, onecycle, plateau, step"),
-        ("+experiment=tutorialx", "experiment=tutorialx is not an option; choose one of tutorial"),
+        ("+experiment=tutorialx", "experiment=tutorialx is not an option; choose one of fashion_mnist_long, mnist_long, tutorial"),
     ],
 )
 def test_unknown_group_option_is_one_line_before_hydra_starts(override, message, caplog):
