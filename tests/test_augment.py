@@ -9,6 +9,7 @@ from conftest import compose_train
 from mlplab.augment import BatchAugment
 from mlplab.config import validate
 from mlplab.errors import ConfigError
+from mlplab.pipeline import train
 
 FILL = -0.42  # the background (a black pixel) after normalization, as the data module passes it
 OFF = dict(translate=0.0, degrees=0.0, scale=0.0)
@@ -101,3 +102,14 @@ def test_dataset_recipes_flip_clothing_only():
 def test_bad_augmentation_values_get_one_line(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         validate(compose_train([override]))
+
+
+def test_a_run_with_every_new_augmentation_on_learns(data_dir, tmp_path):
+    """The Fashion-MNIST recipe (mirror) plus elastic distortion and erasing, through the Trainer as train.py runs it."""
+    cfg = compose_train(
+        ["data=fashion_mnist", f"data.data_dir={data_dir}", "data.augment.elastic_alpha=8", "data.augment.erasing=0.5",
+         "trainer.max_epochs=3", "data.val_size=100", "data.batch_size=32", "logger=csv", "trainer.enable_progress_bar=false",
+         "callbacks.progress_bar=null", "trainer.enable_model_summary=false"],
+        tmp_path,
+    )
+    assert train(cfg) > 0.3  # validation accuracy; chance is 0.1
