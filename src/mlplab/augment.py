@@ -92,8 +92,8 @@ class BatchAugment(nn.Module):
         """A smooth random displacement per pixel, ``[N, H, W, 2]`` in grid units (2 / size per pixel)."""
         n, _, height, width = images.shape
         noise = self.uniform(images, -1.0, 1.0, 2, height, width)
-        # A separable Gaussian blur as two small matrix products (rows, then columns): faster on a CPU than a
-        # grouped convolution, and the reflected edges are folded into the matrices.
+        # A separable Gaussian blur as two small matrix products (rows, then columns), the reflected edges folded
+        # into the matrices: one batched matmul per axis for the whole batch, no padding, no per-image kernel.
         field = gaussian_blur_matrix(height, self.elastic_sigma, noise) @ noise @ gaussian_blur_matrix(width, self.elastic_sigma, noise).T
         pixels = torch.tensor([2 / width, 2 / height], device=images.device, dtype=noise.dtype)
         return (field * self.elastic_alpha).permute(0, 2, 3, 1) * pixels
