@@ -113,7 +113,7 @@ def test_auto_precision_resolves_to_a_lightning_precision(tmp_path):
     [
         ("optimizer=adamx", "optimizer=adamx is not an option; choose one of adam, adamw, sgd"),
         ("scheduler=none,cosinus", "scheduler=cosinus is not an option; choose one of cosine, none, onecycle, plateau, step"),
-        ("+experiment=tutorialx", "experiment=tutorialx is not an option; choose one of tutorial"),
+        ("+experiment=tutorialx", "experiment=tutorialx is not an option; choose one of fashion_mnist_long, mnist_long, tutorial"),
         ("logger=[tensorboard,mlfow]", "logger=mlfow is not an option; choose one of csv, many, mlflow, tensorboard, wandb"),
     ],
 )

@@ -8,26 +8,26 @@ import pytest
 import torch
 
 from conftest import compose_train, run_script
-from mlplab.augment import BatchAffine
+from mlplab.augment import BatchAugment
 from mlplab.data import MNISTDataModule
 from mlplab.pipeline import build_datamodule, build_module, build_trainer
 
 
 def test_augmentation_keeps_shape_dtype_and_device_and_changes_images():
     images = torch.randn(16, 1, 28, 28)
-    out = BatchAffine(translate=0.1, degrees=10, scale=0.1)(images, fill=-0.42)
+    out = BatchAugment(translate=0.1, degrees=10, scale=0.1)(images, fill=-0.42)
     assert out.shape == images.shape and out.dtype == images.dtype and out.device == images.device
     assert not torch.allclose(out, images)
 
 
 def test_zero_strength_augmentation_is_the_identity():
     images = torch.randn(4, 1, 28, 28)
-    assert torch.allclose(BatchAffine(translate=0, degrees=0, scale=0)(images), images, atol=1e-5)
+    assert torch.allclose(BatchAugment(translate=0, degrees=0, scale=0)(images), images, atol=1e-5)
 
 
 def test_augmentation_fills_uncovered_pixels_with_the_background_value():
     images = torch.full((8, 1, 28, 28), 5.0)
-    shifted = BatchAffine(translate=0.3, degrees=0, scale=0)(images, fill=-0.42)
+    shifted = BatchAugment(translate=0.3, degrees=0, scale=0)(images, fill=-0.42)
     values = set(torch.round(shifted, decimals=2).unique().tolist())
     assert values <= {5.0, -0.42} | {v for v in values if -0.42 < v < 5.0}  # edges interpolate between the two
     assert (shifted < 0).any()  # some border came from outside the image: it is background, not 0
@@ -49,7 +49,7 @@ def test_augmentation_disabled_by_config(data_dir):
 
 def test_negative_augmentation_strength_is_refused():
     with pytest.raises(ValueError, match=r"data.augment.degrees=-5 must be a number of degrees in \[0, 180\]"):
-        BatchAffine(degrees=-5)
+        BatchAugment(degrees=-5)
 
 
 def fit_and_test(data_dir, tmp_path, loader: str) -> float:

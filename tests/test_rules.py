@@ -8,7 +8,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, open_dict
 
 from conftest import CONF_DIR, compose_train
-from mlplab.augment import BatchAffine
+from mlplab.augment import BatchAugment
 from mlplab.config import validate, validate_sweep
 from mlplab.data import MNISTDataModule
 from mlplab.errors import ConfigError
@@ -93,7 +93,7 @@ def test_the_search_space_of_a_sweep_is_checked(data_dir):
 
 @pytest.mark.parametrize(("build", "message"), [
     (lambda: MLP(784, 10, dropout=1.5), "model.dropout=1.5 must be a number in [0, 1)"),
-    (lambda: BatchAffine(scale=float("inf")), "data.augment.scale=inf must be a number in [0, 1)"),
+    (lambda: BatchAugment(scale=float("inf")), "data.augment.scale=inf must be a number in [0, 1)"),
     (lambda: MNISTDataModule(batch_size=0, classes=[1, 1]), "data.batch_size=0 must be an integer >= 1"),
 ])
 def test_objects_built_outside_hydra_get_the_same_rule_and_words(build, message, data_dir):

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
-from mlplab.augment import BatchAffine
+from mlplab.augment import BatchAugment
 from mlplab.errors import ConfigError, DataError
 from mlplab.rules import check, split_problems
 from mlplab.idx import check_split
@@ -232,7 +232,7 @@ class SplitDataModule(L.LightningDataModule):
         super().__init__()
         check(split_keys({key: value for key, value in locals().items() if key not in ("self", "__class__")}))
         self.save_hyperparameters(logger=False)  # with the subclass's arguments too; loggers get flat names (HParamsSummary)
-        self.augment = BatchAffine(**augment) if augment and augment.get("enabled", True) else None
+        self.augment = BatchAugment(**augment) if augment and augment.get("enabled", True) else None
         self.train_set = self.val_set = self.test_set = None
 
     info: DatasetInfo  # set or computed by the subclass

@@ -1,7 +1,7 @@
 """Every rule about a value a user can type, in one table: ``dotted key -> (test, what is allowed)``.
 
 The same table is used twice, with the same words: ``mlplab.config.validate`` checks a composed config with it
-before Hydra creates a run directory, and the classes the configs build (``MLP``, ``BatchAffine``,
+before Hydra creates a run directory, and the classes the configs build (``MLP``, ``BatchAugment``,
 ``MNISTDataModule``, ``ClassifierModule``) check their arguments with :func:`check` when they are constructed,
 so a notebook's ``MLP(784, 10, dropout=1.5)`` fails exactly like ``python train.py model.dropout=1.5``:
 ``model.dropout=1.5 must be a number in [0, 1)``.
@@ -174,6 +174,12 @@ RULES: dict[str, Rule] = {
     "data.augment.translate": number(lambda v: 0 <= v < 1, "a number in [0, 1) (a fraction of the image size)"),
     "data.augment.degrees": number(lambda v: 0 <= v <= 180, "a number of degrees in [0, 180]"),
     "data.augment.scale": fraction,
+    "data.augment.hflip": number(lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "data.augment.elastic_alpha": number(lambda v: v >= 0, "a number >= 0 (pixels; 0 = off)"),
+    "data.augment.elastic_sigma": number(lambda v: v > 0, "a number > 0 (pixels)"),
+    "data.augment.erasing": number(lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "data.augment.erasing_scale": (lambda v: list_of(number(lambda f: 0 < f <= 1, ""), "", exact_length=2)[0](v) and v[0] <= v[1],
+                                   "[low, high] area fractions with 0 < low <= high <= 1"),
     "*.samples_per_class": or_null(count, "for all"),
     "*.train_fraction": or_null(number(lambda v: 0 < v <= 1, "a number in (0, 1]"), "for all"),
     "*.num_folds": or_null(integer(lambda v: v >= 2, "an integer >= 2"), "for one hold-out split"),
