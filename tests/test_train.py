@@ -12,6 +12,7 @@ import torch
 from conftest import REAL_DATA_DIR, requires_real_mnist, run_script
 from mlplab.data import MNISTDataModule
 from mlplab.module import ClassifierModule
+from mlplab.pipeline import fastest_precision
 
 FAST = ["trainer.max_epochs=2", "data.val_size=100", "data.batch_size=32", "trainer.enable_model_summary=false"]
 
@@ -57,7 +58,8 @@ def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(finished_run,
     dm.setup("test")
     images, labels = dm.test_set
     module.eval()
-    with torch.no_grad():
+    bf16 = fastest_precision() == "bf16-mixed"  # the run's precision=auto: the same arithmetic, the same predictions
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         accuracy = (module(images).argmax(1) == labels).float().mean().item()
     assert accuracy == pytest.approx(metrics["test/acc"], abs=1e-6)  # test ran on the best checkpoint
 
