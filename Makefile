@@ -14,8 +14,8 @@ $(VENV)/.installed: pyproject.toml
 train: $(VENV)/.installed  ## set up, then train the default recipe (extra overrides: make train ARGS="optimizer=sgd")
 	$(PY) train.py $(ARGS)
 
-test: $(VENV)/.installed  ## set up, then run the whole test suite
-	$(PY) -m pytest $(ARGS)
+test: $(VENV)/.installed  ## set up, then run the whole test suite (two workers, one test file each at a time)
+	$(PY) -m pytest -n 2 --dist loadfile $(ARGS)
 
 bench: $(VENV)/.installed  ## set up, then time the data paths side by side (docs/benchmarks.md)
 	$(PY) bench/speed.py $(ARGS)
