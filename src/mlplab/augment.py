@@ -68,10 +68,11 @@ class BatchAugment(nn.Module):
         angle = self.uniform(images, -self.degrees, self.degrees) * (math.pi / 180)
         zoom = self.uniform(images, 1 - self.scale, 1 + self.scale)
         # affine_grid maps output to input coordinates in [-1, 1]: a shift of t image widths is 2t there.
-        shift = self.uniform(images, -self.translate, self.translate, 2) * 2
+        shift = torch.stack([self.uniform(images, -self.translate, self.translate) for _ in "xy"], 1) * 2
         cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
         # A flip negates the output's x before the rest: x_in = A (-x_out, y_out), i.e. the first column of A.
-        mirror = torch.where(torch.rand(n, device=images.device) < self.hflip, -1.0, 1.0)
+        # Drawn only when flips are asked for, so that recipes without them keep their random stream (and results).
+        mirror = torch.where(torch.rand(n, device=images.device) < self.hflip, -1.0, 1.0) if self.hflip > 0 else 1.0
         theta = torch.stack([torch.stack([cos * mirror, -sin, shift[:, 0]], 1), torch.stack([sin * mirror, cos, shift[:, 1]], 1)], 1)
         grid = F.affine_grid(theta.to(images.dtype), [n, 1, height, width], align_corners=False)
         if self.elastic_alpha > 0:
