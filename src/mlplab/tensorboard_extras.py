@@ -59,6 +59,12 @@ LEADING_HPARAMS = ("optimizer.lr", "net.hidden_dims", "net.dropout", "data.batch
 LEADING_METRICS = ("val/acc", "test/acc", "val/loss", "test/loss", "train/acc", "train/loss")
 
 
+def add_summary(writer: SummaryWriter, summary: Summary) -> None:
+    """Write a ready-made Summary (the HParams plugin's) into the writer's own event file: SummaryWriter has no
+    public method for that, but its ``file_writer`` attribute (set when it opens) has."""
+    writer.file_writer.add_summary(summary)
+
+
 def experiment_summary(params: Mapping[str, float | int | str]) -> Summary:
     """The HParams experiment: ``params`` with ``LEADING_HPARAMS`` marked as differing, so they are the columns
     shown first, and ``LEADING_METRICS`` as the metric columns, in that order. torch's ``hparams`` builds it; the
@@ -107,13 +113,13 @@ class HParamsSummary(L.Callback):
             return
         _, session_start, self._session_end = hparams_summaries(params, {})
         for writer in writers:  # into the run's own event file, as Lightning does
-            writer._get_file_writer().add_summary(experiment_summary(params))
-            writer._get_file_writer().add_summary(session_start)
+            add_summary(writer, experiment_summary(params))
+            add_summary(writer, session_start)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for writer in tensorboard_writers(trainer):
             if self._session_end is not None:
-                writer._get_file_writer().add_summary(self._session_end)  # status: success
+                add_summary(writer, self._session_end)  # status: success
 
 
 class TrainingSamples(L.Callback):
