@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
 
 from conftest import compose_entry, compose_train, run_script
 from mlplab.trained import load_trained
@@ -26,6 +28,7 @@ from mlplab.evaluation import evaluate
 from mlplab.export import export
 from mlplab.pipeline import train
 from mlplab.prediction import predict, read_grayscale, to_model_input
+from mlplab.tensorboard_extras import add_summary, experiment_summary
 
 TINY = ["trainer.max_epochs=2", "data.val_size=100", "data.batch_size=32", "trainer.enable_model_summary=false",
         "trainer.enable_progress_bar=false", "callbacks.progress_bar=null"]
@@ -127,6 +130,16 @@ def test_hparams_tab_shows_the_run_with_its_final_metrics(tensorboard, tiny_run)
     metrics = run_metrics(tiny_run)
     for tag in ("val/acc", "val/loss", "test/acc", "test/loss"):  # the best checkpoint's, as in metrics.json
         assert values[tag] == pytest.approx(metrics[tag], abs=1e-6), tag
+
+
+def test_a_closed_writer_still_gets_the_hparams_session(tmp_path):
+    """finetune.py tests the pretrained model before fitting, which closes Lightning's writer."""
+    writer = SummaryWriter(tmp_path)
+    writer.close()
+    add_summary(writer, experiment_summary({"optimizer.lr": 0.001}))
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert events.PluginTagToContent("hparams")  # TensorBoard finds the experiment beside the closed file
 
 
 # --- eval.py ----------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
+from torch.utils.tensorboard.writer import FileWriter
 
 from mlplab.figures import image_grid_figure, to_display
 from mlplab.tracking import image_loggers, log_figure
@@ -60,9 +61,16 @@ LEADING_METRICS = ("val/acc", "test/acc", "val/loss", "test/loss", "train/acc", 
 
 
 def add_summary(writer: SummaryWriter, summary: Summary) -> None:
-    """Write a ready-made Summary (the HParams plugin's) into the writer's own event file: SummaryWriter has no
-    public method for that, but its ``file_writer`` attribute (set when it opens) has."""
-    writer.file_writer.add_summary(summary)
+    """Write a ready-made Summary (the HParams plugin's) into the writer's log dir. SummaryWriter has no public
+    method for that, but its ``file_writer`` attribute has. A closed writer (Lightning's logger closes it after
+    ``trainer.test``, as finetune.py runs before fitting) has none; then a FileWriter of its own writes the
+    summary beside it: TensorBoard reads every event file of a run's dir."""
+    if writer.file_writer is not None:
+        writer.file_writer.add_summary(summary)
+        return
+    file_writer = FileWriter(writer.get_logdir())
+    file_writer.add_summary(summary)
+    file_writer.close()
 
 
 def experiment_summary(params: Mapping[str, float | int | str]) -> Summary:
