@@ -27,8 +27,8 @@ def finished_run(data_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize(("changed", "message"), [
     (["model.hidden_dims=[16]"], "the checkpoint's model.hidden_dims=[8] vs this command's [16]"),
-    (["model.activation=gelu", "model.batch_norm=true"],
-     "the checkpoint's model.activation='relu' vs this command's 'gelu'; the checkpoint's model.batch_norm=False vs this command's True"),
+    (["model.activation=gelu", "model.batch_norm=false"],
+     "the checkpoint's model.activation='relu' vs this command's 'gelu'; the checkpoint's model.batch_norm=True vs this command's False"),
     (["data=fashion_mnist"], "the checkpoint's data.dataset='mnist' vs this command's 'fashion_mnist'"),
     (["data.classes=[0,1,2]"], "the checkpoint's data.classes=null vs this command's [0, 1, 2]"),
 ])

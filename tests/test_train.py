@@ -52,7 +52,7 @@ def test_run_dir_holds_config_checkpoints_events_and_metrics(finished_run):
 def test_checkpoint_loads_with_weights_only_and_rebuilds_the_model(finished_run, data_dir):
     metrics = json.loads((finished_run / "metrics.json").read_text())
     raw = torch.load(metrics["best_ckpt"], weights_only=True, map_location="cpu")
-    assert raw["hyper_parameters"]["net"]["hidden_dims"] == [512, 256]
+    assert raw["hyper_parameters"]["net"]["hidden_dims"] == [1024, 512]
     module = ClassifierModule.load_from_checkpoint(metrics["best_ckpt"], map_location="cpu", weights_only=True)
     dm = MNISTDataModule(data_dir=str(data_dir), val_size=100)
     dm.setup("test")
