@@ -11,6 +11,7 @@ PY=${PY:-.venv/bin/python}
 PRUNERS=${PRUNERS:-"none hyperband successive_halving successive_halving:hydra.sweeper.pruner.min_resource=2,hydra.sweeper.pruner.reduction_factor=3"}
 SPACE=${SPACE:-"model.hidden_dims=choice([64],[128],[256],[128,64],[256,128]) data.batch_size=choice(64,128,256)"}
 DATA=${DATA:-""}
+mkdir -p "$B"
 for run in $PRUNERS; do
   name=${run%%:*}; extra=""
   [ "$name" = "$run" ] || extra=${run#*:}
