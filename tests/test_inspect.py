@@ -20,7 +20,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import compose_entry, compose_train, run_script
+from conftest import compose_config, run_script
 from mlplab.trained import load_trained
 from mlplab.data import load_split
 from mlplab.errors import DataError, UserError
@@ -30,16 +30,13 @@ from mlplab.pipeline import train
 from mlplab.prediction import predict, read_grayscale, to_model_input
 from mlplab.tensorboard_extras import add_summary, experiment_summary
 
-TINY = ["trainer.max_epochs=2", "data.val_size=100", "data.batch_size=32", "trainer.enable_model_summary=false",
-        "trainer.enable_progress_bar=false", "callbacks.progress_bar=null"]
-
-
 @pytest.fixture(scope="module")
 def tiny_run(data_dir, tmp_path_factory) -> Path:
     """A finished `python train.py` run dir, with the optional histograms and model graph switched on."""
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    cfg = compose_train([*TINY, f"data.data_dir={data_dir}", "callbacks.parameter_histograms.enabled=true",
-                         "callbacks.model_graph.enabled=true"], run_dir)
+    cfg = compose_config("train", ["debug=fast", "logger=tensorboard", "trainer.max_epochs=2", f"data.data_dir={data_dir}",
+                                   "trainer.precision=auto",  # eval.py's: the same arithmetic, the same numbers
+                                   "callbacks.parameter_histograms.enabled=true", "callbacks.model_graph.enabled=true"], run_dir)
     train(cfg)
     return run_dir
 
@@ -163,7 +160,7 @@ def test_eval_reports_the_test_metrics_of_the_run(tiny_run, data_dir, tmp_path):
 
 def test_eval_on_the_validation_split_reproduces_the_best_checkpoints_val_metrics(tiny_run, data_dir, tmp_path):
     metrics = run_metrics(tiny_run)
-    cfg = compose_entry("eval", [f"ckpt_path={metrics['best_ckpt']}", "split=val", f"data_dir={data_dir}"], tmp_path)
+    cfg = compose_config("eval", [f"ckpt_path={metrics['best_ckpt']}", "split=val", f"data_dir={data_dir}"], tmp_path)
     report = evaluate(cfg)
     assert report["images"] == 100  # the run's own held-out split (data.val_size=100 came with the checkpoint)
     assert report["val/acc"] == pytest.approx(metrics["val/acc"], abs=1e-6)
@@ -172,7 +169,7 @@ def test_eval_on_the_validation_split_reproduces_the_best_checkpoints_val_metric
 
 def test_eval_names_a_missing_checkpoint(tmp_path):
     with pytest.raises(UserError, match="missing.ckpt: no such file; pass a checkpoint written by train.py"):
-        evaluate(compose_entry("eval", [f"ckpt_path={tmp_path}/missing.ckpt"], tmp_path))
+        evaluate(compose_config("eval", [f"ckpt_path={tmp_path}/missing.ckpt"], tmp_path))
 
 
 # --- predict.py ----------------------------------------------------------------------------------------------
@@ -186,7 +183,7 @@ def test_predict_classifies_pictures_of_any_size_and_polarity(tiny_run, data_dir
         for name, pixels, side in ((f"digit{index}.png", image, 112), (f"digit{index}_inverted.png", 255 - image, 84)):
             Image.fromarray(pixels.numpy()).resize((side, side), Image.Resampling.NEAREST).save(pictures / name)
     ckpt = run_metrics(tiny_run)["best_ckpt"]
-    predict(compose_entry("predict", [f"ckpt_path={ckpt}", f"inputs={pictures}", "fit=false", "top_k=2"], tmp_path))
+    predict(compose_config("predict", [f"ckpt_path={ckpt}", f"inputs={pictures}", "fit=false", "top_k=2"], tmp_path))
     with open(tmp_path / "predictions.csv") as file:
         rows = {Path(row["file"]).name: row for row in csv.DictReader(file)}
     assert len(rows) == 6 and set(next(iter(rows.values()))) == {"file", "class_1", "probability_1", "class_2", "probability_2"}
@@ -237,7 +234,7 @@ torch.save({"torchscript": torchscript.detach(), "onnx": onnx}, sys.argv[4])
 
 def test_exported_files_give_the_checkpoints_logits_without_mlplab(tiny_run, data_dir, tmp_path):
     ckpt = run_metrics(tiny_run)["best_ckpt"]
-    torchscript_file, onnx_file = (export(compose_entry("export", [f"ckpt_path={ckpt}", f"format={fmt}"], tmp_path))
+    torchscript_file, onnx_file = (export(compose_config("export", [f"ckpt_path={ckpt}", f"format={fmt}"], tmp_path))
                                    for fmt in ("torchscript", "onnx"))
 
     images = (load_split(data_dir, "mnist", train=False)[0][:50].float() / 255).unsqueeze(1)  # what the files take: [N, 1, 28, 28] in [0, 1]
@@ -258,4 +255,4 @@ def test_exported_files_give_the_checkpoints_logits_without_mlplab(tiny_run, dat
 
 def test_export_refuses_an_unknown_format(tiny_run, tmp_path):
     with pytest.raises(UserError, match="format='keras' must be one of torchscript, onnx"):
-        export(compose_entry("export", [f"ckpt_path={run_metrics(tiny_run)['best_ckpt']}", "format=keras"], tmp_path))
+        export(compose_config("export", [f"ckpt_path={run_metrics(tiny_run)['best_ckpt']}", "format=keras"], tmp_path))

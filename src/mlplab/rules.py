@@ -138,6 +138,7 @@ RULES: dict[str, Rule] = {
     "num_threads": or_null(count, "for torch's default"),
     "output_dir": path,
     "task_name": text,
+    "model": (lambda v: v is None, "null in finetune.py, which rebuilds the network from `pretrained`"),
     "regularization.l1": non_negative,
     "regularization.label_smoothing": fraction,
     # model
