@@ -8,8 +8,9 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import CONF_DIR, compose_config
-from mlplab.config import refuse_unknown_overrides
+from mlplab.config import parsed_override, refuse_unknown_overrides
 from mlplab.pipeline import build_datamodule, build_module, build_trainer
+from mlplab.rules import lightning_precisions
 
 
 def options(group: str) -> list[str]:
@@ -163,3 +164,11 @@ def test_existing_and_added_keys_pass(caplog):
     ])
     refuse_unknown_overrides(CONF_DIR, "eval", ["ckpt_path=x.ckpt", "split=val", "data=fashion_mnist", "data.val_size=10"])
     assert not caplog.records
+
+
+def test_the_private_library_names_mlplab_relies_on_are_still_there():
+    """Each private use is isolated in one function; this fails loudly when a library moves or changes one."""
+    assert parsed_override("optimizer.lr=1e-3,2e-3").key_or_group == "optimizer.lr"  # Hydra's OverridesParser
+    assert list(parsed_override("optimizer.lr=1e-3,2e-3").sweep_iterator()) == [1e-3, 2e-3]
+    assert {"auto", "32-true", "bf16-mixed", "16-mixed", "64-true"} <= set(lightning_precisions())  # Lightning's aliases
+    assert callable(torch.cpu._is_avx512_bf16_supported) and callable(torch.cpu._is_amx_tile_supported)  # fastest_precision

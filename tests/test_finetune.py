@@ -17,7 +17,7 @@ from mlplab.errors import ConfigError, UserError
 from mlplab.finetune import finetune, layer_freezing, pretrained_module
 from mlplab.models import MLP
 from mlplab.pipeline import build_datamodule, train
-from mlplab.pretrained import load_pretrained
+from mlplab.checkpoint_reader import load_pretrained
 
 SMALL = ["debug=fast", "data.batch_size=64", "trainer.accelerator=cpu"]  # 8 steps an epoch on the 500 training images
 
@@ -99,7 +99,7 @@ def test_a_plain_state_dict_is_rebuilt_from_its_shapes(pretrained_ckpt, tmp_path
     checkpoint = load_pretrained(pretrained_ckpt)
     torch.save(checkpoint.weights, tmp_path / "mlp.pt")  # torch.save(module.net.state_dict(), "mlp.pt")
     pretrained = load_pretrained(tmp_path / "mlp.pt")
-    assert pretrained.net["hidden_dims"] == [32, 16] and (pretrained.in_features, pretrained.num_classes) == (784, 10)
+    assert pretrained.net["hidden_dims"] == [32, 16] and (pretrained.net["in_features"], pretrained.net["num_classes"]) == (784, 10)
     assert pretrained.weights.keys() == checkpoint.weights.keys()
 
 

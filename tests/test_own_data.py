@@ -22,7 +22,7 @@ from mlplab.evaluation import evaluate
 from mlplab.finetune import finetune
 from mlplab.pipeline import train
 from mlplab.prediction import predict
-from mlplab.trained import load_trained
+from mlplab.checkpoint_reader import load_trained
 
 TINY = ["debug=fast", "trainer.max_epochs=2", "data.batch_size=16"]
 CLASSES = ("circle", "cross", "bar")

@@ -24,11 +24,12 @@ import torch
 from omegaconf import open_dict
 
 from conftest import ROOT, compose_config, make_dataset, run_script
-from mlplab.checkpoints import AtomicCheckpointIO, RandomState
+from mlplab.checkpoint_writer import AtomicCheckpointIO, RandomState
 from mlplab.config import ValidateBeforeRun, validate, validate_sweep
 from mlplab.data import MNISTDataModule, load_split
 from mlplab.errors import ConfigError, DataError
-from mlplab.faults import StopOnDivergence, TrainingDiverged
+from mlplab.errors import TrainingDiverged
+from mlplab.faults import StopOnDivergence
 from mlplab.pipeline import train
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -344,7 +345,7 @@ def test_ddp_on_two_cpu_processes_shards_data_and_writes_one_set_of_results(data
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == math.ceil(500 / 2 / 32)  # each rank took its half of the 500 training images
     # test/acc was synchronized over both ranks' halves of the test set: it is the accuracy on all of it
-    from mlplab.module import ClassifierModule
+    from mlplab.classifier import ClassifierModule
 
     module = ClassifierModule.load_from_checkpoint(metrics["best_ckpt"], map_location="cpu", weights_only=True).eval()
     dm = MNISTDataModule(data_dir=str(data_dir), val_size=100)

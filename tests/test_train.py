@@ -12,7 +12,7 @@ import torch
 from conftest import REAL_DATA_DIR, compose_config, requires_real_mnist, run_script
 from mlplab.data import MNISTDataModule
 from mlplab.errors import ConfigError
-from mlplab.module import ClassifierModule
+from mlplab.classifier import ClassifierModule
 from mlplab.pipeline import train
 
 FAST = ["debug=fast", "logger=tensorboard", "model.hidden_dims=[512,256]"]  # in seconds, default logger and network

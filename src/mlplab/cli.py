@@ -1,10 +1,4 @@
-"""What every entry point (train.py, finetune.py, eval.py, predict.py, export.py, lr_find.py) does around its task.
-
-Before Hydra starts: unknown group options and keys are refused in one line (``mlplab.config``). Then Hydra
-composes ``conf/<config_name>.yaml`` with the command line, and the task runs with bad input reported as one
-line (``mlplab.errors``), ``run.json`` written around it (``mlplab.run_record``) and, for tasks a sweeper can
-optimize, the job's share of the cores and its outcome in the sweep's table (``mlplab.sweeps``).
-"""
+"""What every entry point (train.py, finetune.py, lr_find.py, eval.py, predict.py, export.py) does around its task."""
 
 from __future__ import annotations
 
@@ -23,12 +17,9 @@ from mlplab.sweeps import recorded_sweep_job
 
 
 def run(task: Callable[[DictConfig], Any], config_name: str, sweep_objective: bool = False) -> None:
-    """``python <script>.py <overrides>``: ``task`` on ``conf/<config_name>.yaml`` beside the script.
-    ``sweep_objective``: ``task`` returns the metric a sweeper optimizes (train, finetune).
-
-    Hydra names the job after the file that calls ``hydra.main``; each config sets ``hydra.job.name`` to its
-    task instead, so logs and the job name stay ``train.log``, ``train`` with ``hydra.main`` called here.
-    """
+    """``python <script>.py <overrides>``: unknown options refused in one line, then ``task`` on ``conf/<config_name>``
+    (beside the script), bad input as one line, ``run.json`` around it; ``sweep_objective``: ``task`` returns what a
+    sweeper optimizes (a job's share of cores, its row in the table). Configs set ``hydra.job.name`` (not cli)."""
     config_dir = Path(sys.argv[0]).resolve().parent / "conf"
     refuse_unknown_overrides(config_dir, config_name, sys.argv[1:])
     recorded = recorded_sweep_job(recorded_run(task)) if sweep_objective else recorded_run(task)

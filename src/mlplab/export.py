@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mlplab.trained import TrainedClassifier, load_trained_from_config
+from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config
 from mlplab.errors import ConfigError, UserError
 from mlplab.rules import check
 

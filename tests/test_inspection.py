@@ -21,14 +21,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch.utils.tensorboard import SummaryWriter
 
 from conftest import compose_config, run_script
-from mlplab.trained import load_trained
+from mlplab.checkpoint_reader import load_trained
 from mlplab.data import load_split
 from mlplab.errors import DataError, UserError
 from mlplab.evaluation import evaluate
 from mlplab.export import export
 from mlplab.pipeline import train
 from mlplab.prediction import predict, read_grayscale, to_model_input
-from mlplab.tensorboard_extras import add_summary, experiment_summary
+from mlplab.inspection import add_summary, experiment_summary
 
 @pytest.fixture(scope="module")
 def tiny_run(data_dir, tmp_path_factory) -> Path:

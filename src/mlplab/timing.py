@@ -1,4 +1,4 @@
-"""Callbacks Lightning does not ship in the form we need.
+"""Timing training: seconds and samples/s per epoch.
 
 ``EpochTimer``: Lightning's ``ThroughputMonitor`` reports per step; users comparing recipes (and
 ``bench/speed.py``) want one number per epoch: seconds of training, without validation, and samples/s.
