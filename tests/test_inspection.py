@@ -223,25 +223,29 @@ def test_predict_names_an_unreadable_picture(tmp_path):
 LOAD_WITHOUT_MLPLAB = """
 import sys
 sys.modules["mlplab"] = None  # importing mlplab now fails: the files must stand alone
-import onnxruntime, torch
+import json, onnxruntime, torch
 images = torch.load(sys.argv[1])
-torchscript = torch.jit.load(sys.argv[2])(images)
-session = onnxruntime.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
+extra = {"mlplab.json": ""}
+exported = torch.export.load(sys.argv[2], extra_files=extra).module()(images)
+assert json.loads(extra["mlplab.json"])["class_names"] == [str(d) for d in range(10)]  # the labels travel along
+torchscript = torch.jit.load(sys.argv[3])(images)
+session = onnxruntime.InferenceSession(sys.argv[4], providers=["CPUExecutionProvider"])
 onnx = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
-torch.save({"torchscript": torchscript.detach(), "onnx": onnx}, sys.argv[4])
+torch.save({"export": exported.detach(), "torchscript": torchscript.detach(), "onnx": onnx}, sys.argv[5])
 """
 
 
 def test_exported_files_give_the_checkpoints_logits_without_mlplab(tiny_run, data_dir, tmp_path):
     ckpt = run_metrics(tiny_run)["best_ckpt"]
-    torchscript_file, onnx_file = (export(compose_config("export", [f"ckpt_path={ckpt}", f"format={fmt}"], tmp_path))
-                                   for fmt in ("torchscript", "onnx"))
+    files = [export(compose_config("export", [f"ckpt_path={ckpt}", *fmt], tmp_path / "_".join(fmt or ["default"])))
+             for fmt in ([], ["format=torchscript"], ["format=onnx"])]  # the default: format=export, model.pt2
+    assert files[0].name == "model.pt2"
 
     images = (load_split(data_dir, "mnist", train=False)[0][:50].float() / 255).unsqueeze(1)  # what the files take: [N, 1, 28, 28] in [0, 1]
     torch.save(images, tmp_path / "images.pt")
     loaded = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_MLPLAB, str(tmp_path / "images.pt"), str(torchscript_file),
-         str(onnx_file), str(tmp_path / "logits.pt")],
+        [sys.executable, "-c", LOAD_WITHOUT_MLPLAB, str(tmp_path / "images.pt"),
+         *map(str, files), str(tmp_path / "logits.pt")],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
@@ -249,10 +253,10 @@ def test_exported_files_give_the_checkpoints_logits_without_mlplab(tiny_run, dat
     trained = load_trained(ckpt)
     with torch.no_grad():
         expected = trained.module((images - trained.info.mean) / trained.info.std)
-    for fmt in ("torchscript", "onnx"):
+    for fmt in ("export", "torchscript", "onnx"):
         assert torch.allclose(logits[fmt], expected, atol=1e-4, rtol=1e-4), fmt
 
 
 def test_export_refuses_an_unknown_format(tiny_run, tmp_path):
-    with pytest.raises(UserError, match="format='keras' must be one of torchscript, onnx"):
+    with pytest.raises(UserError, match="format='keras' must be one of export, onnx, torchscript"):
         export(compose_config("export", [f"ckpt_path={run_metrics(tiny_run)['best_ckpt']}", "format=keras"], tmp_path))

@@ -294,10 +294,8 @@ def report_origin(ckpt_path: str | Path, key: str = "ckpt_path") -> dict[str, An
 
 
 def last_checkpoint(trainer: L.Trainer) -> str:
-    """The path of ``last.ckpt`` (the end of the newest finished epoch) if a checkpoint callback wrote one, else ''.
-
-    conf/callbacks/default.yaml writes it with a ModelCheckpoint of its own (``filename: last``, no monitor),
-    which keeps it in ``best_model_path``; ``save_last=true`` would keep it in ``last_model_path``."""
+    """The path of ``last.ckpt`` (the newest finished epoch) if a checkpoint callback wrote one, else ''. Our own
+    ModelCheckpoint (``filename: last``) keeps it in ``best_model_path``; ``save_last=true`` in ``last_model_path``."""
     for callback in trainer.checkpoint_callbacks:
         for path in (callback.last_model_path, callback.best_model_path):
             if path and Path(path).name == "last.ckpt" and Path(path).is_file():

@@ -24,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from torch.utils.tensorboard.writer import FileWriter
 
+from mlplab.export import torchscript_quietly
 from mlplab.figures import image_grid_figure, to_display
 from mlplab.tracking import image_loggers, log_figure
 
@@ -193,6 +194,7 @@ class ModelGraph(L.Callback):
         example = torch.zeros(1, *trainer.datamodule.input_shape, device=pl_module.device)
         was_training = pl_module.training
         pl_module.eval()  # dropout and batch norm as at inference: a deterministic trace
-        for writer in writers:
-            writer.add_graph(pl_module, example)
+        with torchscript_quietly():  # add_graph traces with TorchScript: TensorBoard reads no other graph
+            for writer in writers:
+                writer.add_graph(pl_module, example)
         pl_module.train(was_training)

@@ -1,6 +1,4 @@
-"""Timing training: seconds and samples/s per epoch.
-
-``EpochTimer``: Lightning's ``ThroughputMonitor`` reports per step; users comparing recipes (and
+"""Timing training: Lightning's ``ThroughputMonitor`` reports per step; users comparing recipes (and
 ``bench/speed.py``) want one number per epoch: seconds of training, without validation, and samples/s.
 """
 
