@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, compose_config, run_script
+from conftest import ROOT, compose_config
+from mlplab.config import ValidateBeforeRun
 from mlplab.errors import ConfigError
 from mlplab.run_dirs import refuse_used_dir
 
@@ -45,17 +46,20 @@ def test_runs_and_sweeps_started_together_never_share_a_directory(data_dir, tmp_
     assert swept == [5, 6, 7, 8]
 
 
-def test_a_directory_holding_another_run_is_refused_unless_resumed(data_dir, tmp_path):
+def test_a_directory_holding_another_run_is_refused_unless_resumed(data_dir, tmp_path, caplog):
+    """`python train.py hydra.run.dir=<another run's dir>`: Hydra's callback refuses it before anything is written."""
     finished = tmp_path / "finished"
     (finished / ".hydra").mkdir(parents=True)
     (finished / "metrics.json").write_text("{}")
     before = sorted(p.name for p in finished.iterdir())
-    result = run_script("train.py", *TINY, f"hydra.run.dir={finished}", data_dir=data_dir)
-    assert result.returncode == 1
-    [line] = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
-    assert line.endswith(f"error: hydra.run.dir={finished} already holds another run (.hydra, metrics.json); leave "
-                     f"hydra.run.dir out for a new directory of its own, or to resume that run: "
-                     f"ckpt_path={finished}/checkpoints/last.ckpt hydra.run.dir={finished}")
+    with pytest.raises(SystemExit) as stopped:
+        ValidateBeforeRun().on_run_start(compose_config("train", [*TINY, f"hydra.run.dir={finished}", f"data.data_dir={data_dir}"],
+                                                        with_hydra=True))
+    assert stopped.value.code == 1
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == (f"error: hydra.run.dir={finished} already holds another run (.hydra, metrics.json); leave "
+                    f"hydra.run.dir out for a new directory of its own, or to resume that run: "
+                    f"ckpt_path={finished}/checkpoints/last.ckpt hydra.run.dir={finished}")
     assert sorted(p.name for p in finished.iterdir()) == before  # nothing overwritten
 
 

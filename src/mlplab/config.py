@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 from collections.abc import Iterator, Sequence
 from difflib import get_close_matches
 from pathlib import Path
@@ -33,7 +34,6 @@ from mlplab.errors import ConfigError, DataError, exit_with, reported_as_one_lin
 from mlplab.idx import read_header
 from mlplab.rules import REQUIRED, problem, problems, range_problems, relation_problems, split_problems
 from mlplab.run_dirs import refuse_used_dir
-from mlplab.sweeps import available_cores
 
 
 
@@ -81,6 +81,10 @@ def parsed_override(text: str) -> Override:
     """Hydra's reading of one override (``a.b=1,2``, ``choice(...)``, ``+key=...``): its parser is exposed to plugins
     only as ``OverridesParser``, used here alone; tests/test_config.py fails loudly if Hydra changes it."""
     return OverridesParser.create().parse_override(text)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def violations(cfg: DictConfig) -> list[str]:

@@ -39,6 +39,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mlplab.config import available_cores
 from mlplab.errors import ConfigError, user_error_in
 from mlplab.tracking import read_tracker_runs
 
@@ -65,10 +66,6 @@ def monitored_metric(cfg: DictConfig) -> tuple[str, str]:
     if checkpoint is not None and checkpoint.get("monitor"):
         return checkpoint.monitor, checkpoint.get("mode", "min")
     return "val/acc", "max"
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def job_threads(cfg: DictConfig, launcher: DictConfig | None) -> int | None:

@@ -23,11 +23,11 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 
+from mlplab.config import parsed_override
 from mlplab.run_record import RUN_RECORD, note_tracker
 
 log = logging.getLogger(__name__)
@@ -35,11 +35,10 @@ log = logging.getLogger(__name__)
 
 def fixed_keys(arguments: list[str]) -> set[str]:
     """Keys given one value on the command line (not swept): the same in every job of a sweep."""
-    parser = OverridesParser.create()
     keys = set()
     for text in arguments:
         try:
-            override = parser.parse_override(text)
+            override = parsed_override(text)
         except Exception:  # not an override (-m, --flags): nothing to name
             continue
         if not override.is_sweep_override():
