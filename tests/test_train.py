@@ -41,7 +41,7 @@ def test_run_prints_final_metrics_and_run_dir(finished_run):
 
 
 def test_run_dir_holds_config_checkpoints_events_and_metrics(finished_run):
-    assert (finished_run / ".hydra" / "config.yaml").is_file()
+    assert (finished_run / ".hydra" / "config.yaml").is_file() and (finished_run / "train.log").is_file()  # job: train
     assert (finished_run / "checkpoints" / "last.ckpt").is_file()
     assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((finished_run / "metrics.json").read_text())
