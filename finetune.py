@@ -4,27 +4,8 @@
 Every setting lives in conf/ (start at conf/finetune.yaml); the pipeline is mlplab.finetune.finetune.
 """
 
-import sys
-from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig
-
-from mlplab.config import refuse_unknown_overrides
-from mlplab.errors import reported_as_one_line
-from mlplab.run_record import recorded_run
+from mlplab.cli import run
 from mlplab.finetune import finetune
-from mlplab.sweeps import recorded_sweep_job
-
-
-@hydra.main(config_path="conf", config_name="finetune", version_base="1.3")
-@reported_as_one_line
-@recorded_sweep_job
-@recorded_run
-def main(cfg: DictConfig) -> float:
-    return finetune(cfg)
-
 
 if __name__ == "__main__":
-    refuse_unknown_overrides(Path(__file__).parent / "conf", "finetune", sys.argv[1:])  # one line, before Hydra starts
-    main()
+    run(finetune, config_name="finetune", sweep_objective=True)

@@ -154,7 +154,7 @@ def mlplab_trainer(args, device, turns: Turns, precision: str) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from mlplab.callbacks import EpochTimer
+    from mlplab.timing import EpochTimer
     from mlplab.config import validate
     from mlplab.pipeline import build
 

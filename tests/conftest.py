@@ -10,6 +10,7 @@ import os
 import struct
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,21 +59,14 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def compose_train(overrides: list[str] = (), output_dir: Path | None = None) -> DictConfig:
-    """The config `python train.py <overrides>` would run, with output_dir set outside Hydra's runtime."""
+def compose_config(entry: str = "train", overrides: Sequence[str] = (), output_dir: Path | None = None,
+                   with_hydra: bool = False) -> DictConfig:
+    """The config `python <entry>.py <overrides>` would run, with output_dir set outside Hydra's runtime
+    (``with_hydra``: Hydra's own node too, for the launcher, sweeper and run-dir settings)."""
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides))
+        cfg = compose(config_name=entry, overrides=list(overrides), return_hydra_config=with_hydra)
     with open_dict(cfg):
         cfg.output_dir = str(output_dir or "unused")
-    return cfg
-
-
-def compose_entry(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
-    """The config `python <config_name>.py <overrides>` would run, with output_dir set outside Hydra's runtime."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides)
-    with open_dict(cfg):
-        cfg.output_dir = str(output_dir)
     return cfg
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_train
+from conftest import compose_config
 
 from mlplab.augment import BatchAugment
 from mlplab.config import validate
@@ -84,9 +84,9 @@ def test_elastic_distortion_is_smooth_and_moves_pixels_by_about_alpha():
 
 
 def test_dataset_recipes_flip_clothing_only():
-    assert compose_train(["data=fashion_mnist"]).data.augment.hflip > 0
+    assert compose_config("train", ["data=fashion_mnist"]).data.augment.hflip > 0
     for dataset in ("mnist", "kmnist"):
-        assert compose_train([f"data={dataset}"]).data.augment.hflip == 0
+        assert compose_config("train", [f"data={dataset}"]).data.augment.hflip == 0
 
 
 @pytest.mark.parametrize(
@@ -101,15 +101,11 @@ def test_dataset_recipes_flip_clothing_only():
 )
 def test_bad_augmentation_values_get_one_line(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        validate(compose_train([override]))
+        validate(compose_config("train", [override]))
 
 
 def test_a_run_with_every_new_augmentation_on_learns(data_dir, tmp_path):
     """The Fashion-MNIST recipe (mirror) plus elastic distortion and erasing, through the Trainer as train.py runs it."""
-    cfg = compose_train(
-        ["data=fashion_mnist", f"data.data_dir={data_dir}", "data.augment.elastic_alpha=8", "data.augment.erasing=0.5",
-         "trainer.max_epochs=3", "data.val_size=100", "data.batch_size=32", "logger=csv", "trainer.enable_progress_bar=false",
-         "callbacks.progress_bar=null", "trainer.enable_model_summary=false"],
-        tmp_path,
-    )
+    cfg = compose_config("train", ["debug=fast", "data=fashion_mnist", f"data.data_dir={data_dir}", "data.augment.elastic_alpha=8",
+                                   "data.augment.erasing=0.5", "trainer.max_epochs=3"], tmp_path)
     assert train(cfg) > 0.3  # validation accuracy; chance is 0.1

@@ -7,21 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose_entry, compose_train
+from conftest import compose_config
 from mlplab.errors import ConfigError
 from mlplab.evaluation import evaluate
 from mlplab.pipeline import train
 
-TINY = ["trainer.max_epochs=1", "scheduler=none", "data.val_size=100", "data.batch_size=100", "model.hidden_dims=[8]",
-        "logger=csv", "trainer.precision=32-true", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
-        "trainer.enable_model_summary=false", "callbacks.error_analysis=null", "callbacks.training_samples=null",
-        "callbacks.hparams=null"]
+TINY = ["debug=fast", "scheduler=none", "model.hidden_dims=[8]"]
 
 
 @pytest.fixture(scope="module")
 def finished_run(data_dir, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("fit_run")
-    train(compose_train([*TINY, f"data.data_dir={data_dir}"], run_dir))
+    train(compose_config("train", [*TINY, f"data.data_dir={data_dir}"], run_dir))
     return run_dir / "checkpoints" / "last.ckpt"
 
 
@@ -36,7 +33,7 @@ def test_resuming_with_another_network_or_data_names_the_difference(changed, mes
     overrides = [*TINY, *changed, f"ckpt_path={finished_run}", "trainer.max_epochs=2", f"data.data_dir={data_dir}"]
     monkeypatch.setattr(sys, "argv", ["train.py", *overrides])
     with pytest.raises(ConfigError) as err:
-        train(compose_train(overrides, tmp_path))
+        train(compose_config("train", overrides, tmp_path))
     line = str(err.value)
     assert line.startswith(f"ckpt_path={finished_run} does not fit this config: {message}; run it with: python train.py ")
     resume = line.split("run it with: ")[1]
@@ -49,4 +46,4 @@ def test_eval_on_other_data_than_the_checkpoint_names_the_difference(finished_ru
     monkeypatch.setattr(sys, "argv", ["eval.py", *overrides])
     with pytest.raises(ConfigError, match=r"the checkpoint's data.dataset='mnist' vs this command's 'kmnist'; run it with: "
                                           rf"python eval.py ckpt_path={finished_run} split=val$"):
-        evaluate(compose_entry("eval", overrides, tmp_path))
+        evaluate(compose_config("eval", overrides, tmp_path))

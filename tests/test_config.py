@@ -1,13 +1,16 @@
 """Every config group option composes, and the objects it names can be built."""
 
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import CONF_DIR, compose_train
-from mlplab.config import refuse_unknown_overrides
+from conftest import CONF_DIR, compose_config
+from mlplab.config import parsed_override, refuse_unknown_overrides
 from mlplab.pipeline import build_datamodule, build_module, build_trainer
+from mlplab.rules import lightning_precisions
 
 
 def options(group: str) -> list[str]:
@@ -24,7 +27,7 @@ def test_groups_have_the_documented_options():
 
 @pytest.mark.parametrize("dataset", ["fashion_mnist", "kmnist", "mnist"])  # own data: tests/test_own_data.py
 def test_data_options_build(dataset, data_dir):
-    cfg = compose_train([f"data={dataset}", f"data.data_dir={data_dir}"])
+    cfg = compose_config("train", [f"data={dataset}", f"data.data_dir={data_dir}"])
     dm = build_datamodule(cfg)
     assert dm.hparams.dataset == dataset and dm.num_classes == 10
 
@@ -32,7 +35,7 @@ def test_data_options_build(dataset, data_dir):
 @pytest.mark.parametrize("optimizer", options("optimizer"))
 @pytest.mark.parametrize("scheduler", options("scheduler"))
 def test_optimizer_and_scheduler_options_build(optimizer, scheduler, data_dir, tmp_path):
-    cfg = compose_train([f"optimizer={optimizer}", f"scheduler={scheduler}", f"data.data_dir={data_dir}"], tmp_path)
+    cfg = compose_config("train", [f"optimizer={optimizer}", f"scheduler={scheduler}", f"data.data_dir={data_dir}"], tmp_path)
     module = build_module(cfg, build_datamodule(cfg))
     trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     module.trainer = trainer
@@ -48,7 +51,7 @@ def test_optimizer_and_scheduler_options_build(optimizer, scheduler, data_dir, t
 
 
 def test_onecycle_spans_the_whole_run(data_dir, tmp_path):
-    cfg = compose_train(["scheduler=onecycle", f"data.data_dir={data_dir}"], tmp_path)
+    cfg = compose_config("train", ["scheduler=onecycle", f"data.data_dir={data_dir}"], tmp_path)
     module = build_module(cfg, build_datamodule(cfg))
     trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     module.trainer = trainer
@@ -63,25 +66,25 @@ def test_onecycle_spans_the_whole_run(data_dir, tmp_path):
 def test_trainer_callbacks_and_logger_options_build(trainer, logger, tmp_path, monkeypatch, tmp_path_factory):
     # one MLflow store for all of them (creating one costs seconds), not the repo's logs/mlflow.db
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path_factory.getbasetemp()}/mlflow.db")
-    cfg = compose_train([f"trainer={trainer}", f"logger={logger}", "trainer.accelerator=cpu"], tmp_path)
+    cfg = compose_config("train", [f"trainer={trainer}", f"logger={logger}", "trainer.accelerator=cpu"], tmp_path)
     callbacks = {name: instantiate(c) for name, c in cfg.callbacks.items()}
     assert callbacks["model_checkpoint"].dirpath == str(tmp_path / "checkpoints")
     assert callbacks["early_stopping"].monitor == "val/acc"
-    built = build_trainer(cfg) if trainer != "ddp" else None
-    if built is not None:
-        assert built.max_epochs == 10
-        expected = {"many": ["ten", "mlf"]}.get(logger, [logger[:3]])  # many: TensorBoard and MLflow
-        assert [type(each).__name__.lower()[:3] for each in built.loggers] == expected
+    built = build_trainer(cfg)  # a DDP trainer starts no process before fit
+    assert built.max_epochs == 10
+    expected = {"many": ["ten", "mlf"]}.get(logger, [logger[:3]])  # many: TensorBoard and MLflow
+    assert [type(each).__name__.lower()[:3] for each in built.loggers] == expected
+    assert (type(built.strategy).__name__, built.num_devices) == (("DDPStrategy", 2) if trainer == "ddp" else ("SingleDeviceStrategy", 1))
 
 
 def test_gpu_trainer_option_composes():
-    cfg = compose_train(["trainer=gpu"])
+    cfg = compose_config("train", ["trainer=gpu"])
     assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1
 
 
 def test_user_config_keys_exist():
     """The keys the README and later features rely on are spelled as documented."""
-    cfg = compose_train(["optimizer=sgd"])
+    cfg = compose_config("train", ["optimizer=sgd"])
     for key in (
         "data.batch_size", "data.val_size", "data.data_dir", "model.hidden_dims", "model.dropout",
         "model.activation", "optimizer.lr", "optimizer.weight_decay", "optimizer.momentum", "regularization.l1",
@@ -96,16 +99,18 @@ def test_user_config_keys_exist():
 
 
 def test_tutorial_experiment_is_the_original_recipe():
-    cfg = compose_train(["+experiment=tutorial"])
+    cfg = compose_config("train", ["+experiment=tutorial"])
     assert cfg.data.batch_size == 64 and cfg.optimizer.lr == 1e-3 and cfg.optimizer._target_ == "torch.optim.Adam"
     assert not cfg.scheduler and cfg.data.augment.enabled is False  # scheduler=none: constant LR
     assert cfg.regularization.label_smoothing == 0 and cfg.trainer.precision == "32-true"
     assert list(cfg.model.hidden_dims) == [512, 256] and cfg.model.activation == "relu"
 
 
-def test_auto_precision_resolves_to_a_lightning_precision(tmp_path):
-    trainer = build_trainer(compose_train(["trainer.accelerator=cpu", "logger=csv"], tmp_path))
-    assert type(trainer.precision_plugin).__name__ in ("MixedPrecision", "Precision")
+@pytest.mark.skipif(not Path("/proc/cpuinfo").is_file(), reason="reads the CPU's flags from /proc/cpuinfo")
+def test_auto_precision_is_bf16_exactly_where_the_cpu_computes_it_natively(tmp_path):
+    native_bf16 = bool({"avx512_bf16", "amx_tile"} & set(Path("/proc/cpuinfo").read_text().split()))
+    trainer = build_trainer(compose_config("train", ["trainer.accelerator=cpu", "logger=csv"], tmp_path))
+    assert trainer.precision == ("bf16-mixed" if native_bf16 else "32-true")
 
 
 @pytest.mark.parametrize(
@@ -159,3 +164,11 @@ def test_existing_and_added_keys_pass(caplog):
     ])
     refuse_unknown_overrides(CONF_DIR, "eval", ["ckpt_path=x.ckpt", "split=val", "data=fashion_mnist", "data.val_size=10"])
     assert not caplog.records
+
+
+def test_the_private_library_names_mlplab_relies_on_are_still_there():
+    """Each private use is isolated in one function; this fails loudly when a library moves or changes one."""
+    assert parsed_override("optimizer.lr=1e-3,2e-3").key_or_group == "optimizer.lr"  # Hydra's OverridesParser
+    assert list(parsed_override("optimizer.lr=1e-3,2e-3").sweep_iterator()) == [1e-3, 2e-3]
+    assert {"auto", "32-true", "bf16-mixed", "16-mixed", "64-true"} <= set(lightning_precisions())  # Lightning's aliases
+    assert callable(torch.cpu._is_avx512_bf16_supported) and callable(torch.cpu._is_amx_tile_supported)  # fastest_precision

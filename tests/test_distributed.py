@@ -14,11 +14,8 @@ from lightning.pytorch.strategies.launchers.subprocess_script import _Subprocess
 
 from conftest import ROOT
 
-DDP = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=100", "data.val_size=100",
-       "data.batch_size=8", "model.hidden_dims=[8]", "scheduler=none", "logger=csv", "trainer.precision=32-true",
-       "trainer.enable_progress_bar=false", "callbacks.progress_bar=null", "callbacks.early_stopping=null",
-       "callbacks.error_analysis=null", "callbacks.training_samples=null", "callbacks.hparams=null",
-       "trainer.enable_model_summary=false"]
+DDP = ["debug=fast", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=100",
+       "data.batch_size=8", "model.hidden_dims=[8]", "scheduler=none", "callbacks.early_stopping=null"]
 
 
 def test_a_killed_ddp_worker_ends_the_run_with_its_rank(data_dir, tmp_path):

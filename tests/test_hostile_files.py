@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONF_DIR, compose_train
+from conftest import CONF_DIR, compose_config
 from mlplab.config import refuse_unknown_overrides
 from mlplab.data import load_split
 from mlplab.errors import DataError, UserError
@@ -56,10 +56,10 @@ def test_resuming_from_a_file_that_is_no_checkpoint_is_one_line(contents, data_d
         torch.save({"weight": torch.zeros(2)}, path)  # a valid torch file, but no training checkpoint
     else:
         path.write_bytes(contents)
-    overrides = ["data.val_size=100", "data.batch_size=32", f"ckpt_path={path}", f"data.data_dir={data_dir}"]
+    overrides = ["debug=fast", f"ckpt_path={path}", f"data.data_dir={data_dir}"]
     monkeypatch.setattr(sys, "argv", ["train.py", *overrides])
     with pytest.raises(UserError) as err:
-        train(compose_train(overrides, tmp_path / "run"))
+        train(compose_config("train", overrides, tmp_path / "run"))
     assert str(err.value).startswith(f"ckpt_path={path} is ") and "\n" not in str(err.value)
 
 

@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from conftest import compose_train, run_script
+from conftest import compose_config, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mlplab.config import validate
@@ -14,7 +14,7 @@ from mlplab.errors import ConfigError
 
 
 def test_lr_find_plots_the_loss_against_the_lr_and_suggests_one(data_dir, tmp_path):
-    result = run_script("lr_find.py", "data.val_size=100", "data.batch_size=16", "model.hidden_dims=[32]",
+    result = run_script("lr_find.py", "debug=fast", "logger=tensorboard", "data.batch_size=16",
                         "lr_find.num_training=30", f"hydra.run.dir={tmp_path}", data_dir=data_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     found = json.loads((tmp_path / "lr_find.json").read_text())
@@ -30,7 +30,7 @@ def test_lr_find_plots_the_loss_against_the_lr_and_suggests_one(data_dir, tmp_pa
 
 
 def test_lr_find_refuses_an_empty_range():
-    cfg = compose_train(["+lr_find.min_lr=0.1", "+lr_find.max_lr=0.01", "+lr_find.num_training=5"])
+    cfg = compose_config("train", ["+lr_find.min_lr=0.1", "+lr_find.max_lr=0.01", "+lr_find.num_training=5"])
     with pytest.raises(ConfigError) as refused:
         validate(cfg)
     assert "lr_find.num_training=5 must be an integer >= 20" in str(refused.value)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
-from hydra import compose, initialize_config_dir
-from omegaconf import DictConfig, open_dict
+from omegaconf import OmegaConf, open_dict
 
-from conftest import CONF_DIR, compose_train
+from conftest import CONF_DIR, compose_config
 from mlplab.augment import BatchAugment
 from mlplab.config import validate, validate_sweep
 from mlplab.data import MNISTDataModule
@@ -16,21 +15,20 @@ from mlplab.models import MLP
 from mlplab.pipeline import build_datamodule, build_module
 from mlplab.rules import rule_for
 
-SMALL = ["data.val_size=100", "data.batch_size=32"]
 ENTRY_POINTS = {
     "train": [[f"{group}={option}"] for group in ("optimizer", "scheduler", "trainer", "logger")
               for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))] + [["hparams_search=mlp_optuna", f"hydra/sweeper/pruner={pruner}"]
                                                                  for pruner in ("none", "median", "hyperband", "successive_halving")]
-             + [["data=fashion_mnist"], ["data=kmnist"], ["data=image_folder", "data.root=x"], ["data=csv", "data.path=x"]],
+             + [["debug=fast"], ["data=fashion_mnist"], ["data=kmnist"], ["data=image_folder", "data.root=x"], ["data=csv", "data.path=x"]],
     "finetune": [[]], "eval": [[], ["data=mnist"]], "predict": [[]], "export": [[]], "lr_find": [[]],
 }
 
 
-def typed_keys(node: DictConfig, path: str = "") -> list[str]:
+def typed_keys(node: dict, path: str = "") -> list[str]:
+    """Every dotted key of a config as stored (``OmegaConf.to_container(resolve=False)``): no value is resolved."""
     keys = []
-    for key in node.keys():
-        child = node._get_node(key)
-        if isinstance(child, DictConfig) and not child._is_none():
+    for key, child in node.items():
+        if isinstance(child, dict):
             keys += typed_keys(child, f"{path}{key}.")
         elif key != "_target_":
             keys.append(f"{path}{key}")
@@ -39,14 +37,13 @@ def typed_keys(node: DictConfig, path: str = "") -> list[str]:
 
 def test_every_key_of_every_entry_point_has_a_rule():
     without_rule = set()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        for name, choices in ENTRY_POINTS.items():
-            for overrides in choices:
-                cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
-                keys = typed_keys(cfg)
-                keys = [k for k in keys if not k.startswith("hydra.") or (k.startswith("hydra.sweeper.")
-                        and not k.startswith("hydra.sweeper.params.") and "optuna" in str(cfg.hydra.sweeper.get("_target_")))]
-                without_rule |= {key for key in keys if rule_for(key) is None}
+    for name, choices in ENTRY_POINTS.items():
+        for overrides in choices:
+            cfg = compose_config(name, overrides, with_hydra=True)
+            keys = typed_keys(OmegaConf.to_container(cfg, resolve=False))
+            keys = [k for k in keys if not k.startswith("hydra.") or (k.startswith("hydra.sweeper.")
+                    and not k.startswith("hydra.sweeper.params.") and "optuna" in str(cfg.hydra.sweeper.get("_target_")))]
+            without_rule |= {key for key in keys if rule_for(key) is None}
     assert not without_rule
 
 
@@ -66,7 +63,7 @@ def test_every_key_of_every_entry_point_has_a_rule():
 ])
 def test_meaningless_values_are_refused_before_the_run(overrides, message, data_dir):
     with pytest.raises(ConfigError) as err:
-        validate(compose_train([*SMALL, *overrides, f"data.data_dir={data_dir}"]))
+        validate(compose_config("train", ["debug=fast", *overrides, f"data.data_dir={data_dir}"]))
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
@@ -74,13 +71,13 @@ def test_devices_are_counted_against_this_machine(data_dir, monkeypatch):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1}, raising=False)
     with pytest.raises(ConfigError, match=r"trainer.devices=64 must be at most 2 CPU processes, one per core here "
                                           r"\(this machine has 2 CPU cores and no GPUs\)"):
-        validate(compose_train([*SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=64",
+        validate(compose_config("train", ["debug=fast", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=64",
                                 f"data.data_dir={data_dir}"]))
-    validate(compose_train([*SMALL, "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"data.data_dir={data_dir}"]))
+    validate(compose_config("train", ["debug=fast", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"data.data_dir={data_dir}"]))
 
 
 def test_the_search_space_of_a_sweep_is_checked(data_dir):
-    cfg = compose_train([*SMALL, f"data.data_dir={data_dir}"])
+    cfg = compose_config("train", ["debug=fast", f"data.data_dir={data_dir}"])
     with open_dict(cfg):
         cfg.hydra = {"sweeper": {"n_trials": 0, "params": {"model.dropout": "interval(0.0, 1.5)", "data.batch_size": "choice(32, 0)"}},
                      "overrides": {"task": []}, "runtime": {"choices": {}}}
@@ -102,7 +99,7 @@ def test_objects_built_outside_hydra_get_the_same_rule_and_words(build, message,
     assert message in str(err.value)
     key = message.split("=")[0]
     value = message.split("=")[1].split(" must")[0].replace("inf", "inf")
-    composed = compose_train([*SMALL, f"{key}={value}", f"data.data_dir={data_dir}"])
+    composed = compose_config("train", ["debug=fast", f"{key}={value}", f"data.data_dir={data_dir}"])
     with pytest.raises(ConfigError) as from_config:
         validate(composed)
     assert message in str(from_config.value)  # the same line for `python train.py model.dropout=1.5`
@@ -110,7 +107,7 @@ def test_objects_built_outside_hydra_get_the_same_rule_and_words(build, message,
 
 def test_a_one_cycle_schedule_too_short_to_warm_up_is_refused(data_dir, tmp_path):
     """1 epoch of 5 batches at pct_start=0.2 is one warm-up step: torch's OneCycleLR would divide by zero."""
-    cfg = compose_train(["data.val_size=100", "data.batch_size=100", "scheduler=onecycle", f"data.data_dir={data_dir}"], tmp_path)
+    cfg = compose_config("train", ["debug=fast", "data.batch_size=100", "scheduler=onecycle", f"data.data_dir={data_dir}"], tmp_path)
     module = build_module(cfg, build_datamodule(cfg))
     module.trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     with pytest.MonkeyPatch.context() as mp:

@@ -10,34 +10,31 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
-from conftest import CONF_DIR, ROOT, run_script
+from conftest import ROOT, compose_config
+from mlplab.config import ValidateBeforeRun
 from mlplab.errors import ConfigError
 from mlplab.run_dirs import refuse_used_dir
 
-TINY = ["trainer.max_epochs=1", "scheduler=none", "data.val_size=100", "data.batch_size=100", "model.hidden_dims=[8]", "logger=csv",
-        "num_threads=1", "trainer.precision=32-true", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
-        "trainer.enable_model_summary=false", "callbacks.error_analysis=null", "callbacks.training_samples=null",
-        "callbacks.hparams=null"]
+TINY = ["debug=fast", "scheduler=none", "model.hidden_dims=[8]", "data.batch_size=100", "num_threads=1"]
 
 
 def test_runs_and_sweeps_started_together_never_share_a_directory(data_dir, tmp_path):
-    """`for s in 1 2 3 4 5 6; do python train.py seed=$s & done` and two `-m` sweeps at once, from one folder."""
+    """`for s in 1 2 3 4; do python train.py seed=$s & done` and two `-m` sweeps at once, from one folder."""
     args = " ".join(f"'{a}'" for a in TINY)
     script = (
-        f"for s in 1 2 3 4 5 6; do {sys.executable} {ROOT}/train.py seed=$s {args} & done; "
-        f"for s in 7,8 9,10; do {sys.executable} {ROOT}/train.py -m seed=$s {args} & done; wait"
+        f"for s in 1 2 3 4; do {sys.executable} {ROOT}/train.py seed=$s {args} & done; "
+        f"for s in 5,6 7,8; do {sys.executable} {ROOT}/train.py -m seed=$s {args} & done; wait"
     )
     env = os.environ | {"DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"}
     subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, check=True, timeout=600, capture_output=True)
 
     runs = sorted((tmp_path / "logs" / "train" / "runs").iterdir())
-    assert len(runs) == 6
+    assert len(runs) == 4
     seeds = [yaml.safe_load((run / ".hydra" / "config.yaml").read_text())["seed"] for run in runs]
-    assert sorted(seeds) == [1, 2, 3, 4, 5, 6]
+    assert sorted(seeds) == [1, 2, 3, 4]
     results = [json.loads((run / "metrics.json").read_text()) for run in runs]
-    assert len({r["val/loss"] for r in results}) == 6  # each seed's own result, none overwritten
+    assert len({r["val/loss"] for r in results}) == 4  # each seed's own result, none overwritten
     assert all(Path(r["best_ckpt"]).parent.parent == run for r, run in zip(results, runs))
 
     sweeps = sorted((tmp_path / "logs" / "train" / "multiruns").iterdir())
@@ -46,35 +43,33 @@ def test_runs_and_sweeps_started_together_never_share_a_directory(data_dir, tmp_
     assert list(jobs.values()) == [["0", "1"], ["0", "1"]]
     swept = sorted(yaml.safe_load((job / ".hydra" / "config.yaml").read_text())["seed"] for sweep in sweeps
                    for job in sweep.iterdir() if job.is_dir() and (job / ".hydra").is_dir())
-    assert swept == [7, 8, 9, 10]
+    assert swept == [5, 6, 7, 8]
 
 
-def test_a_directory_holding_another_run_is_refused_unless_resumed(data_dir, tmp_path):
+def test_a_directory_holding_another_run_is_refused_unless_resumed(data_dir, tmp_path, caplog):
+    """`python train.py hydra.run.dir=<another run's dir>`: Hydra's callback refuses it before anything is written."""
     finished = tmp_path / "finished"
     (finished / ".hydra").mkdir(parents=True)
     (finished / "metrics.json").write_text("{}")
     before = sorted(p.name for p in finished.iterdir())
-    result = run_script("train.py", *TINY, f"hydra.run.dir={finished}", data_dir=data_dir)
-    assert result.returncode == 1
-    [line] = [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
-    assert line.endswith(f"error: hydra.run.dir={finished} already holds another run (.hydra, metrics.json); leave "
-                     f"hydra.run.dir out for a new directory of its own, or to resume that run: "
-                     f"ckpt_path={finished}/checkpoints/last.ckpt hydra.run.dir={finished}")
+    with pytest.raises(SystemExit) as stopped:
+        ValidateBeforeRun().on_run_start(compose_config("train", [*TINY, f"hydra.run.dir={finished}", f"data.data_dir={data_dir}"],
+                                                        with_hydra=True))
+    assert stopped.value.code == 1
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == (f"error: hydra.run.dir={finished} already holds another run (.hydra, metrics.json); leave "
+                    f"hydra.run.dir out for a new directory of its own, or to resume that run: "
+                    f"ckpt_path={finished}/checkpoints/last.ckpt hydra.run.dir={finished}")
     assert sorted(p.name for p in finished.iterdir()) == before  # nothing overwritten
-
-
-def composed_with_hydra(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
 
 
 def test_the_resume_command_may_use_its_own_run_dir_and_a_used_sweep_dir_is_refused(tmp_path, caplog):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
-    refuse_used_dir(composed_with_hydra([f"hydra.run.dir={run}", f"ckpt_path={run}/checkpoints/last.ckpt"]), "hydra.run.dir")
-    refuse_used_dir(composed_with_hydra([]), "hydra.run.dir")  # a new directory of its own: nothing to check
+    refuse_used_dir(compose_config("train", [f"hydra.run.dir={run}", f"ckpt_path={run}/checkpoints/last.ckpt"], with_hydra=True), "hydra.run.dir")
+    refuse_used_dir(compose_config("train", [], with_hydra=True), "hydra.run.dir")  # a new directory of its own: nothing to check
     sweep = tmp_path / "sweep"
     sweep.mkdir()
     (sweep / "multirun.yaml").write_text("{}")
     with pytest.raises(ConfigError, match=rf"hydra.sweep.dir={sweep} already holds another run \(multirun.yaml\)"):
-        refuse_used_dir(composed_with_hydra([f"hydra.sweep.dir={sweep}"]), "hydra.sweep.dir")
+        refuse_used_dir(compose_config("train", [f"hydra.sweep.dir={sweep}"], with_hydra=True), "hydra.sweep.dir")

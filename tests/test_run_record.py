@@ -15,8 +15,7 @@ from conftest import ROOT, run_script, synthetic_digits, write_idx
 
 from mlplab.run_record import git_state, sha256
 
-FAST = ["trainer.max_epochs=1", "data.val_size=100", "data.batch_size=32", "model.hidden_dims=[32]",
-        "trainer.enable_model_summary=false", "logger=csv"]
+FAST = ["debug=fast"]
 
 
 @pytest.fixture(scope="module")

@@ -17,14 +17,14 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from conftest import ROOT, run_script
-from test_sweeps import FAST, compose_hydra, job_files, read_csv, sweep
+from conftest import ROOT, compose_config, run_script
+from test_sweeps import job_files, read_csv, sweep
 from hydra_plugins.mlplab_optuna_sweeper.sweeper import NOT_COUNTED, OWNER, OptunaSweeper, SearchSpace
 from mlplab.errors import ConfigError
 from mlplab.studies import open_storage, trial_by_number
 
 SEARCH = ["hparams_search=mlp_optuna", "model.hidden_dims=choice([8],[16])", "hydra.sweeper.sampler.n_startup_trials=2",
-          "hydra/sweeper/pruner=none"]
+          "hydra/sweeper/pruner=none", "data.batch_size=32"]  # a fixed batch: 512 is more than the 500 training images
 
 
 def load(storage: str | Path, name: str = "mlp") -> optuna.Study:
@@ -87,7 +87,7 @@ def resumed(data_dir, tmp_path_factory):
     """Command A is killed while its second trial runs; B (A's sweep dir) and C (its own) then finish the study."""
     first, other = tmp_path_factory.mktemp("first"), tmp_path_factory.mktemp("other")
     journal = first / "optuna.journal"
-    args = [*SEARCH, *FAST, "hydra.sweeper.n_trials=4", f"hydra.sweeper.storage={journal}"]
+    args = [*SEARCH, "debug=fast", "hydra.sweeper.n_trials=4", f"hydra.sweeper.storage={journal}"]
     env = os.environ | {"DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"}
 
     def command(sweep_dir: Path) -> subprocess.Popen:
@@ -158,15 +158,15 @@ def test_a_bad_search_space_entry_is_refused_in_one_line_before_any_trial(data_d
 def test_search_space_entries_are_checked_against_the_config(entry, message):
     sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
                             n_trials=1, n_jobs=1, params=None)
-    sweeper.config = compose_hydra(["hparams_search=mlp_optuna"])
+    sweeper.config = compose_config("train", ["hparams_search=mlp_optuna"], with_hydra=True)
     with pytest.raises(ConfigError, match=f"search space .*{message.replace('(', '.').replace(')', '.').replace('[', '.')}"):
         sweeper.search_space([entry])
 
 
 def test_the_search_space_keeps_hydras_syntax():
     sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
-                            n_trials=1, n_jobs=1, params=compose_hydra(["hparams_search=mlp_optuna"]).hydra.sweeper.params)
-    sweeper.config = compose_hydra(["hparams_search=mlp_optuna"])
+                            n_trials=1, n_jobs=1, params=compose_config("train", ["hparams_search=mlp_optuna"], with_hydra=True).hydra.sweeper.params)
+    sweeper.config = compose_config("train", ["hparams_search=mlp_optuna"], with_hydra=True)
     space, fixed = sweeper.search_space(["trainer.max_epochs=3", "data.batch_size=64", "data.val_size=range(100,400,100)"])
     d = space.distributions
     assert d["optimizer.lr"] == optuna.distributions.FloatDistribution(3e-4, 1e-2, log=True)

@@ -11,24 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, run_script
+from conftest import compose_config, run_script
 from mlplab.data import MNISTDataModule, load_split, split_folds
 from mlplab.errors import ConfigError
 from mlplab.sweeps import SweepSummary, available_cores, job_threads
 
-# One epoch on the synthetic data, quietly.
-FAST = [
-    "trainer.max_epochs=1", "data.val_size=100", "data.batch_size=32", "trainer.enable_model_summary=false",
-    "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
-]
-
-
 def sweep(sweep_dir: Path, *args: str, data_dir: Path):
-    fast = [arg for arg in FAST if arg.partition("=")[0] not in {a.partition("=")[0] for a in args}]  # args win
-    result = run_script("train.py", "-m", *args, *fast, f"hydra.sweep.dir={sweep_dir}", data_dir=data_dir)
+    """`python train.py -m debug=fast <args>`: one epoch of each job on the synthetic data (args win)."""
+    result = run_script("train.py", "-m", "debug=fast", *args, f"hydra.sweep.dir={sweep_dir}", data_dir=data_dir)
     (sweep_dir / "output.txt").write_text(result.stdout + result.stderr)
     return result
 
@@ -66,6 +58,8 @@ def test_grid_ends_with_a_table_of_every_job_best_first(grid):
     best = ok[0]
     assert (best["optimizer.lr"], best["regularization.l1"]) == ("0.003", "0")  # 1e-5 barely moves in one epoch
     assert best["best_ckpt"] == metrics[best["job"]]["best_ckpt"] and Path(best["best_ckpt"]).is_file()
+    assert all(Path(m["best_ckpt"]).parents[1] == sweep_dir / job for job, m in metrics.items())  # a dir of its own
+    assert (sweep_dir / "multirun.yaml").is_file()
     assert float(best["test/acc"]) == metrics[best["job"]]["test/acc"]
     assert int(best["epochs"]) == 1 and float(best["wall_time_s"]) > 0
     output = result.stdout + result.stderr
@@ -73,7 +67,7 @@ def test_grid_ends_with_a_table_of_every_job_best_first(grid):
     assert markdown in output  # printed as written
     assert f"Best: job {best['job']} (optimizer.lr=0.003 regularization.l1=0): val/acc" in markdown
     assert best["best_ckpt"] in markdown
-    assert "Same in every job: `trainer.max_epochs=1" in markdown
+    assert "Same in every job: `debug=fast`" in markdown
 
 
 def test_failed_jobs_are_recorded_the_others_complete_and_the_exit_status_says_so(grid):
@@ -179,29 +173,24 @@ def test_optuna_search_runs_its_trials_as_submitit_local_jobs(data_dir, tmp_path
 # --- launcher configs -----------------------------------------------------------------------------------------
 
 
-def compose_hydra(overrides: list[str]):
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        return compose(config_name="train", overrides=overrides, return_hydra_config=True)
-
-
 def test_slurm_launcher_preset_composes():
-    launcher = compose_hydra(["hydra/launcher=slurm", "hydra.launcher.partition=gpu"]).hydra.launcher
+    launcher = compose_config("train", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], with_hydra=True).hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.partition, launcher.gpus_per_node, launcher.cpus_per_task) == ("gpu", 1, 4)
 
 
 def test_optuna_search_composes_with_a_seeded_sampler():
-    sweeper = compose_hydra(["hparams_search=mlp_optuna", "seed=3"]).hydra.sweeper
+    sweeper = compose_config("train", ["hparams_search=mlp_optuna", "seed=3"], with_hydra=True).hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert sweeper.sampler.seed == 3
     assert {"optimizer.lr", "optimizer.weight_decay", "model.dropout", "model.hidden_dims", "data.batch_size"} <= set(sweeper.params)
 
 
 def test_optuna_direction_must_match_the_monitored_metric_before_any_job(caplog):
-    SweepSummary().on_multirun_start(compose_hydra(["hparams_search=mlp_optuna"]))
-    SweepSummary().on_multirun_start(compose_hydra([]))  # the basic sweeper has no direction
+    SweepSummary().on_multirun_start(compose_config("train", ["hparams_search=mlp_optuna"], with_hydra=True))
+    SweepSummary().on_multirun_start(compose_config("train", [], with_hydra=True))  # the basic sweeper has no direction
     with pytest.raises(SystemExit):
-        SweepSummary().on_multirun_start(compose_hydra(["hparams_search=mlp_optuna", "hydra.sweeper.direction=minimize"]))
+        SweepSummary().on_multirun_start(compose_config("train", ["hparams_search=mlp_optuna", "hydra.sweeper.direction=minimize"], with_hydra=True))
     assert "hydra.sweeper.direction=minimize but the objective, val/acc, is best at its max" in caplog.text
 
 

@@ -12,8 +12,7 @@ from conftest import run_script
 from mlflow.tracking import MlflowClient
 from wandb.proto.wandb_internal_pb2 import Record
 
-FAST = ["trainer.max_epochs=2", "data.val_size=100", "data.batch_size=32", "model.hidden_dims=[32]",
-        "trainer.enable_model_summary=false"]
+FAST = ["debug=fast", "trainer.max_epochs=2"]
 
 
 @pytest.fixture(scope="module")

@@ -4,20 +4,18 @@ The rules themselves (type, range, finiteness, choices, relations between keys) 
 ``mlplab.rules``, which the classes the configs build use too. Here they are applied to a composed config, plus
 what only the machine (devices, GPUs) and the data (the size of the training set, from its IDX header) can tell.
 
-When it runs: ``ValidateBeforeRun`` (registered under ``hydra.callbacks`` in every entry point's config) calls
-:func:`validate` from Hydra's ``on_run_start``, which comes *before* Hydra creates the run directory, so a
-typo leaves nothing behind; for a multirun, :func:`validate_sweep` checks every swept value (and an optimizing
-sweeper's search space) before the first job starts. ``mlplab.pipeline.train`` calls :func:`validate` again
-first thing, which covers each multirun job (swept groups, keys that depend on each other) and in-process callers.
+When: ``ValidateBeforeRun`` (``hydra.callbacks`` of every entry point's config) calls :func:`validate` from
+Hydra's ``on_run_start``, *before* Hydra creates the run directory, so a typo leaves nothing behind; for a
+multirun, :func:`validate_sweep` checks every swept value (and a search space) before the first job.
+``mlplab.pipeline.train`` validates again, for each job (swept groups, related keys) and in-process callers.
 
-Every problem found is reported, on one line: ``key=value must be <what is allowed>``.
-Unknown group options (``optimizer=adamx``) and keys (``optimizer.lrr=1``) fail inside Hydra's composition,
-which reports them in several lines; :func:`refuse_unknown_overrides` reads the command line first and says
-it in one, with what is allowed (or the closest existing key).
+Every problem found is reported, on one line: ``key=value must be <what is allowed>``. Unknown options
+(``optimizer=adamx``, ``optimizer.lrr=1``) too (:func:`refuse_unknown_overrides`), where Hydra takes several.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
 from collections.abc import Iterator, Sequence
@@ -27,6 +25,7 @@ from typing import Any
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -68,15 +67,24 @@ def validate_sweep(cfg: DictConfig) -> None:
 def value_sweeps(cfg: DictConfig) -> dict[str, list[Any]]:
     """``{key: values}`` of the command line's sweeps over values (``a.b=1,2``, ``range(3)``), not over groups."""
     groups = set(OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {})
-    overrides = OverridesParser.create().parse_overrides(list(OmegaConf.select(cfg, "hydra.overrides.task", default=[])))
     sweeps = {}
-    for override in overrides:
+    for override in map(parsed_override, OmegaConf.select(cfg, "hydra.overrides.task", default=[])):
         if override.is_sweep_override() and override.key_or_group not in groups:
             try:
                 sweeps[override.key_or_group] = list(override.sweep_iterator())
             except Exception:  # an interval for an optimizing sweeper: no list of values to check
                 continue
     return sweeps
+
+
+def parsed_override(text: str) -> Override:
+    """Hydra's reading of one override (``a.b=1,2``, ``choice(...)``, ``+key=...``): its parser is exposed to plugins
+    only as ``OverridesParser``, used here alone; tests/test_config.py fails loudly if Hydra changes it."""
+    return OverridesParser.create().parse_override(text)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def violations(cfg: DictConfig) -> list[str]:
@@ -128,7 +136,7 @@ def device_problems(values: dict[str, Any]) -> list[str]:
     if accelerator is None:
         return []
     gpus = CUDAAccelerator.auto_device_count() if CUDAAccelerator.is_available() else 0
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     here = f"this machine has {cores} CPU core{'s' * (cores != 1)} and {gpus or 'no'} GPU{'s' * (gpus != 1)}"
     if accelerator in ("gpu", "cuda") and gpus == 0:
         return [f"trainer.accelerator={accelerator} (trainer=gpu) needs a GPU, but {here}: use trainer=cpu, or "
@@ -164,7 +172,7 @@ def search_space_problems(cfg: DictConfig) -> list[str]:
     found = []
     for key, expression in OmegaConf.to_container(params, resolve=False).items():
         try:
-            override = OverridesParser.create().parse_override(f"{key}={expression}")
+            override = parsed_override(f"{key}={expression}")
         except Exception:
             found.append(f"hydra.sweeper.params.{key}={expression!r} must be choice(...), range(...) or interval(low, high)")
             continue
@@ -195,11 +203,8 @@ class ValidateBeforeRun(Callback):
 
 def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides: Sequence[str]) -> None:
     """Overrides naming no ``conf/<group>/<option>.yaml`` (``optimizer=adamx``) or no existing key
-    (``optimizer.lrr=1``): one line saying what is allowed, exit 1. Hydra would say either in several lines.
-
-    Called by the entry points before ``hydra.main`` composes anything. Groups that live outside ``conf/``
-    (``hydra/launcher=joblib`` comes from a plugin), ``hydra.*`` keys and keys added with ``+`` are left to Hydra.
-    """
+    (``optimizer.lrr=1``): one line saying what is allowed, exit 1, before ``hydra.main`` composes anything.
+    Groups from plugins (``hydra/launcher=joblib``), ``hydra.*`` keys and ``+`` keys are left to Hydra."""
     config_dirs = [Path(config_dir).resolve(), *extra_config_dirs(overrides)]
     refuse_broken_config_files(config_dirs)
     parsed = []
@@ -207,7 +212,7 @@ def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides
         if text.startswith("-") or "=" not in text:
             continue
         try:
-            parsed.append(OverridesParser.create().parse_override(text))
+            parsed.append(parsed_override(text))
         except Exception:  # a syntax error: Hydra says where
             continue
     config_dir = Path(config_dir).resolve()
@@ -216,7 +221,8 @@ def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides
     for override in parsed:
         if is_group(override) and not override.is_delete():
             options = sorted({p.stem for folder in config_dirs for p in (folder / override.key_or_group).glob("*.yaml")})
-            for option in (one for value in swept_values(override) for one in as_options(value)):
+            # a list chooses several options at once: logger=[tensorboard,mlflow]
+            for option in (one for value in swept_values(override) for one in (value if isinstance(value, list) else [value])):
                 if option is not None and str(option) not in options:
                     exit_with(ConfigError(f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"))
     keys = [o for o in parsed if not (is_group(o) or o.is_add() or o.is_force_add() or o.is_delete())]
@@ -242,22 +248,16 @@ def refuse_broken_config_files(config_dirs: Sequence[Path]) -> None:
 
 def extra_config_dirs(arguments: Sequence[str]) -> list[Path]:
     """Folders added with ``--config-dir DIR`` (``-cd``): their group options are options too."""
-    found = []
-    for i, argument in enumerate(arguments):
-        if argument in ("--config-dir", "-cd") and i + 1 < len(arguments):
-            found.append(Path(arguments[i + 1]).resolve())
-        elif argument.startswith("--config-dir="):
-            found.append(Path(argument.split("=", 1)[1]).resolve())
-    return found
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    parser.add_argument("--config-dir", "-cd", action="append", default=[])
+    try:
+        return [Path(folder).resolve() for folder in parser.parse_known_args(list(arguments))[0].config_dir]
+    except argparse.ArgumentError:  # `-cd` without a folder: Hydra says so
+        return []
 
 
 def swept_values(override: Any) -> list[Any]:
     return list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-
-
-def as_options(value: Any) -> list[Any]:
-    """A group's value as a list of options: ``logger=[tensorboard,mlflow]`` chooses several at once."""
-    return list(value) if isinstance(value, list) else [value]
 
 
 def choice_text(value: Any) -> str:
@@ -275,29 +275,29 @@ def refuse_unknown_keys(config_dir: Path, config_name: str, groups: list[Any], k
             cfg = compose(config_name=config_name, overrides=choices)
     except Exception:  # whatever stops this composition stops Hydra's too, which reports it
         return
+    tree = OmegaConf.to_container(cfg, resolve=False)  # as stored: `???` and ${hydra:...} need no resolving
     for override in keys:
-        key, node = override.key_or_group, cfg
+        key, node = override.key_or_group, tree
         for depth, part in enumerate(key.split(".")):
-            # _get_node: the child as stored, so `???` values and ${hydra:...} interpolations need no resolving
-            if isinstance(node, DictConfig) and part in node.keys():
-                node = node._get_node(part)
-            elif isinstance(node, ListConfig) and part.isdigit() and int(part) < len(node):
-                node = node._get_node(int(part))
+            if isinstance(node, dict) and part in node:
+                node = node[part]
+            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+                node = node[int(part)]
             else:
                 parent = ".".join(key.split(".")[:depth])
-                if isinstance(node, DictConfig):
-                    known = f"{parent or 'the top level'} has {', '.join(map(str, node.keys()))}"
-                elif isinstance(node, ListConfig):
+                if isinstance(node, dict):
+                    known = f"{parent or 'the top level'} has {', '.join(map(str, node))}"
+                elif isinstance(node, list):
                     known = f"{parent} is a list of {len(node)}"
                 else:
                     known = f"{parent} is a single value"
-                close = get_close_matches(key, list(dotted_keys(cfg)), n=1)
+                close = get_close_matches(key, list(dotted_keys(tree)), n=1)
                 hint = f"did you mean {close[0]}?" if close else f"to add a new key: +{override.input_line}"
                 exit_with(ConfigError(f"{key} is not a setting: {known}; {hint}"))
 
 
 def dotted_keys(node: Any, prefix: str = "") -> Iterator[str]:
-    if isinstance(node, DictConfig):
-        for key in node.keys():
+    if isinstance(node, dict):
+        for key, child in node.items():
             yield f"{prefix}{key}"
-            yield from dotted_keys(node._get_node(key), f"{prefix}{key}.")
+            yield from dotted_keys(child, f"{prefix}{key}.")

@@ -7,10 +7,9 @@ Two layouts:
 - any numeric CSV with ``data.label_column=<name>``: the other columns are features, standardized with the
   training split's statistics; the label values are the classes.
 
-Files are read by pyarrow's streaming CSV reader (C++, typed, multithreaded parsing; docs/benchmarks.md compares
-it with polars and pandas) one block at a time into a tensor sized from the file's line count, so memory stays
-close to the size of the result. pyarrow's errors do not say the line; on an error the file is scanned once
-more with Python's csv module to name it.
+Files are read by pyarrow's streaming CSV reader (docs/benchmarks.md compares it with polars and pandas) one
+block at a time into a tensor sized from the line count, so memory stays close to the result's size. pyarrow's
+errors do not say the line: on an error Python's csv module scans the file once more to name it.
 """
 
 from __future__ import annotations

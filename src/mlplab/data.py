@@ -153,7 +153,7 @@ def stratified_subset(labels: torch.Tensor, samples_per_class: int | None, fract
 
 def sampler_order(sampler: DistributedSampler) -> torch.Tensor:
     """``list(sampler)`` as one tensor: the same permutation, padding and shard, without a Python int per sample
-    (building that list cost ~0.1 s an epoch on MNIST, a few per cent of a CPU epoch)."""
+    (building that list costs a few per cent of a CPU epoch: docs/benchmarks.md)."""
     size = len(sampler.dataset)
     if sampler.shuffle:
         order = torch.randperm(size, generator=torch.Generator().manual_seed(sampler.seed + sampler.epoch))

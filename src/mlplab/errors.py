@@ -29,6 +29,10 @@ class DataError(UserError, RuntimeError):
     """Data files missing, truncated or malformed."""
 
 
+class TrainingDiverged(UserError):
+    """The training loss became inf or NaN, or far worse than guessing."""
+
+
 def user_error_in(err: BaseException) -> UserError | None:
     """The UserError behind ``err``, if any: Hydra's ``instantiate`` wraps what a constructor raises."""
     while err is not None:

@@ -29,7 +29,7 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
-from mlplab.trained import TrainedClassifier, load_trained_from_config, refuse_misfit
+from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config, refuse_misfit
 from mlplab.data import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.rules import check

@@ -2,9 +2,9 @@
 
 Input: float32 images ``[N, 1, 28, 28]`` with pixel values in [0, 1], light ink on a dark background as in
 the dataset (what ``torchvision.transforms.ToTensor()`` makes of an MNIST image; ``uint8 / 255``).
-Output: logits ``[N, classes]`` (softmax for probabilities). TorchScript (``.pt``) loads with
-``torch.jit.load``; ONNX (``.onnx``) with onnxruntime or any ONNX runtime. Both carry the dataset, class
-names, mean and std as metadata (``mlplab.json`` extra file / ``mlplab`` metadata property).
+Output: logits ``[N, classes]``. A ``torch.export`` program (``.pt2``, default: ``torch.export.load(path).module()``),
+ONNX (``.onnx``: any ONNX runtime) or TorchScript (``.pt``, legacy: ``torch.jit.load``), each carrying the dataset,
+class names, mean and std (``mlplab.json`` extra file, or the ONNX ``mlplab`` metadata property).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mlplab.trained import TrainedClassifier, load_trained_from_config
+from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config
 from mlplab.errors import ConfigError, UserError
 from mlplab.rules import check
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"torchscript": ".pt", "onnx": ".onnx"}
+FORMATS = {"export": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}
 INPUT = "images"
 ONNX_EXTRA = "format=onnx needs the onnx extra: pip install 'mlplab[onnx]' (onnx, onnxscript, onnxruntime)"
 
@@ -51,20 +51,15 @@ def standalone(trained: TrainedClassifier) -> StandaloneClassifier:
 
 def metadata(trained: TrainedClassifier) -> dict[str, Any]:
     info = trained.info
-    return {
-        "dataset": trained.dataset,
-        "class_names": list(trained.class_names),
-        "input": f"float32 [N, {', '.join(map(str, info.image_shape))}] in [0, 1], light ink on dark",
-        "output": "logits [N, classes]",
-        "mean": info.mean,
-        "std": info.std,
-    }
+    return {"dataset": trained.dataset, "class_names": list(trained.class_names), "mean": info.mean, "std": info.std,
+            "input": f"float32 [N, {', '.join(map(str, info.image_shape))}] in [0, 1], light ink on dark",
+            "output": "logits [N, classes]"}
 
 
 @contextmanager
 def torchscript_quietly():
-    """Recent PyTorch marks TorchScript deprecated (in favour of torch.export) and warns on every call; the format
-    is what was asked for and still loads wherever torch does, so the export keeps its output to the point."""
+    """torch warns that TorchScript is deprecated on every call: where it is asked for (format=torchscript, and
+    TensorBoard's graph, which only tracing gives), that is noise."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r"`torch\.jit\.", category=FutureWarning)
         yield
@@ -73,6 +68,11 @@ def torchscript_quietly():
 def save_torchscript(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any]) -> None:
     with torchscript_quietly():
         torch.jit.save(torch.jit.trace(model, example), str(path), _extra_files={"mlplab.json": json.dumps(meta)})
+
+
+def save_exported_program(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any]) -> None:
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
+    torch.export.save(program, str(path), extra_files={"mlplab.json": json.dumps(meta)})
 
 
 def save_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[str, Any]) -> None:
@@ -92,6 +92,8 @@ def save_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[st
 
 def run_exported(path: Path, images: torch.Tensor) -> torch.Tensor:
     """Logits from the written file, loaded as a user without mlplab would load it."""
+    if path.suffix == FORMATS["export"]:
+        return torch.export.load(str(path)).module()(images)
     if path.suffix == FORMATS["torchscript"]:
         with torchscript_quietly():
             return torch.jit.load(str(path))(images)
@@ -114,7 +116,7 @@ def export(cfg: DictConfig) -> Path:
     model, meta = standalone(trained), metadata(trained)
     example = torch.rand(8, *trained.info.image_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        (save_torchscript if cfg.format == "torchscript" else save_onnx)(model, example, path, meta)
+        {"export": save_exported_program, "onnx": save_onnx, "torchscript": save_torchscript}[cfg.format](model, example, path, meta)
         expected = trained.module((example - trained.info.mean) / trained.info.std)
         difference = (run_exported(path, example) - expected).abs().max().item()
     log.info("wrote %s (%.1f kB): %s -> %s, classes %s", path, path.stat().st_size / 1e3, meta["input"], meta["output"],

@@ -5,27 +5,23 @@ values hundreds of times worse than guessing (Adam, whose steps are bounded), an
 while ``last.ckpt`` would be overwritten with the ruined weights at the end of the epoch. Diverged means: the
 loss is not finite, or above ``max_loss_vs_chance`` (100) times the loss of a uniform guess, ln(classes)
 (2.3 for 10 classes; a trained model is far below it, and a model at 230 is confidently wrong everywhere).
-On a single CPU process the loss is looked at after every step (``float(loss)``: 2.4 us a step, nothing to
-wait for) and training stops at the first bad step. On a GPU, looking each step would make every step wait for the
-device (a sync per step, which costs a small model most of its speed); there each step records the first
-diverged loss *on the device* (four tiny tensor ops, about 25 us a step, no wait), and the host reads
-the record every ``check_every_n_steps`` steps and before every validation and checkpoint: the stop comes within
-that many steps of the bad one, never after saving it, and the message names the bad step. Under DDP the
-record is reduced over the ranks at those points, so all of them stop together.
+On one CPU process the loss is read after every step (nothing to wait for): training stops at the first bad
+step. On a GPU that read would make every step wait for the device, so each step records the first diverged loss
+*on the device* (no wait; costs in docs/benchmarks.md), and the host reads the record every
+``check_every_n_steps`` steps and before every validation and checkpoint (under DDP reduced over the ranks, so
+all stop together): the stop comes within that many steps, never after saving, and names the bad step.
 
-``ReportInterruption``: Lightning stops at the next batch boundary on SIGTERM (cluster preemption) and at
-once on Ctrl-C; neither writes anything. The last finished epoch is already in ``last.ckpt`` (written
-atomically after every validation, with the random states: resuming from it reproduces the uninterrupted run
-exactly, which a mid-epoch checkpoint of these loaders would not). This callback says so in one line with the
-command that resumes, and makes SIGTERM exit with status 1 like Ctrl-C (Lightning's SIGTERM exit status is 0,
-which a scheduler reads as success).
+``ReportInterruption``: Lightning stops at the next batch boundary on SIGTERM (preemption) and at once on Ctrl-C,
+writing nothing. The last finished epoch is in ``last.ckpt`` (written atomically after every validation, with
+the random states: resuming reproduces the uninterrupted run exactly, which a mid-epoch checkpoint would not).
+This callback says so in one line with the command that resumes, and makes SIGTERM exit 1 like Ctrl-C
+(Lightning's 0 reads as success to a scheduler).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,38 +29,14 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from mlplab.errors import UserError
+from mlplab.checkpoint_reader import kept_checkpoint, last_checkpoint
+from mlplab.errors import TrainingDiverged, UserError
 from mlplab.rules import check
+from mlplab.run_dirs import command_line_overrides, resume_command
 
 log = logging.getLogger(__name__)
-
-
-class TrainingDiverged(UserError):
-    """The training loss became inf or NaN."""
-
-
-def last_checkpoint(trainer: L.Trainer) -> str:
-    """The path of ``last.ckpt`` (the end of the newest finished epoch) if a checkpoint callback wrote one, else ''.
-
-    conf/callbacks/default.yaml writes it with a ModelCheckpoint of its own (``filename: last``, no monitor),
-    which keeps it in ``best_model_path``; ``save_last=true`` would keep it in ``last_model_path``."""
-    for callback in trainer.checkpoint_callbacks:
-        for path in (callback.last_model_path, callback.best_model_path):
-            if path and Path(path).name == "last.ckpt" and Path(path).is_file():
-                return path
-    return ""
-
-
-def kept_checkpoint(trainer: L.Trainer) -> str:
-    """Which checkpoint holds the last good state, in words, for the one-line reports."""
-    last = last_checkpoint(trainer)
-    if not last:
-        return "no epoch finished, so no checkpoint was kept"
-    epoch = torch.load(last, map_location="cpu", weights_only=True, mmap=True)["epoch"]
-    return f"{last} keeps the end of epoch {epoch}"
 
 
 class StopOnDivergence(L.Callback):
@@ -147,19 +119,6 @@ class ReportInterruption(L.Callback):
         if last:
             resume = "; resume with: " + resume_command(sys.argv[0], command_line_overrides(), last, trainer.default_root_dir)
         log.warning("interrupted by %s %s: %s%s", signal_name, where, kept_checkpoint(trainer), resume)
-
-
-def resume_command(entry_point: str, overrides: list[str], checkpoint: str | Path, run_dir: str | Path) -> str:
-    """The command that continues a run from ``checkpoint`` in its own run dir, ready to paste."""
-    kept = [arg for arg in overrides if not arg.startswith(("ckpt_path=", "hydra.run.dir="))]
-    return shlex.join(["python", entry_point, *kept, f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}"])
-
-
-def command_line_overrides() -> list[str]:
-    """This run's overrides: Hydra's record of them (one job's values in a multirun), else the command line."""
-    if HydraConfig.initialized():
-        return list(HydraConfig.get().overrides.task)
-    return sys.argv[1:]
 
 
 class WorkerLost(UserError):

@@ -53,7 +53,8 @@ def confusion_matrix_figure(matrix: torch.Tensor, class_names: Sequence[str], ti
 def image_grid_figure(images: torch.Tensor, titles: Sequence[str], columns: int = 8, title: str = "") -> Figure:
     """Grayscale images ``[N, 1, H, W]`` (or ``[N, H, W]``) in [0, 1], each with its caption above it.
 
-    Drawn as one mosaic in one set of axes (captions as text): a grid of subplots costs ~20 ms per image.
+    Drawn as one mosaic in one set of axes (captions as text): a grid of subplots is far slower per image
+    (docs/benchmarks.md).
     """
     images = images.detach().float().cpu().reshape(len(images), *images.shape[-2:])
     count, (height, width) = max(len(images), 1), images.shape[-2:]

@@ -1,6 +1,6 @@
 """Fine-tuning: start from pretrained weights instead of random ones, on new data, new labels or few labels.
 
-The network is rebuilt from the pretrained file (``mlplab.pretrained``) and gets a new, randomly initialized
+The network is rebuilt from the pretrained file (``mlplab.checkpoint_reader``) and gets a new, randomly initialized
 head when the label set changes. ``LayerFreezing`` (Lightning's ``BaseFinetuning``) keeps chosen hidden layers
 fixed, optionally until an epoch; ``backbone_lr_scale`` gives the pretrained layers a lower learning rate than
 the head (a param group of their own). The end of the run is train.py's (``pipeline.fit_and_report``), plus the
@@ -18,15 +18,14 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.optim import Optimizer
 
+from mlplab.checkpoint_reader import PretrainedNet, load_pretrained, refuse_misfit, report_origin
 from mlplab.config import validate
 from mlplab.data import MNISTDataModule
 from mlplab.errors import ConfigError
-from mlplab.module import ClassifierModule
+from mlplab.classifier import ClassifierModule
 from mlplab.pipeline import build_datamodule, build_module, build_trainer, compile_network, fit_and_report, start_run
-from mlplab.pretrained import PretrainedNet, load_pretrained
 from mlplab.rules import check, problem
-from mlplab.trained import refuse_misfit
-from mlplab.run_record import note_data, report_origin, warn_if_data_changed
+from mlplab.run_record import note_data, warn_if_data_changed
 
 log = logging.getLogger(__name__)
 
@@ -110,11 +109,11 @@ def pretrained_module(
     """The ClassifierModule of the pretrained network, fitted to the data's classes. Returns it and whether
     its head is new (randomly initialized) rather than pretrained."""
     in_features = datamodule.in_features
-    if pretrained.in_features != in_features:
+    if pretrained.net["in_features"] != in_features:
         shape = "x".join(map(str, datamodule.input_shape))
-        raise ConfigError(f"pretrained={pretrained.path} takes {pretrained.in_features} input values per image, but "
+        raise ConfigError(f"pretrained={pretrained.path} takes {pretrained.net['in_features']} input values per image, but "
                           f"data={datamodule.name} has {in_features} ({shape})")
-    reset_head = head_is_reset(cfg.finetune.reset_head, pretrained.num_classes, datamodule.num_classes)
+    reset_head = head_is_reset(cfg.finetune.reset_head, pretrained.net["num_classes"], datamodule.num_classes)
     module = build_module(cfg, datamodule, net=pretrained.net, backbone_lr_scale=cfg.finetune.backbone_lr_scale)
     weights = pretrained.weights
     if reset_head:

@@ -4,10 +4,9 @@
     root/train/<class>/<image>      or train/ and test/ (the test classes must be training classes)
     root/test/<class>/<image>
 
-Class names are the folder names, in sorted order. Every picture goes through predict.py's preparation
-(``mlplab.pictures.prepare_picture``), so training and prediction see the same 28x28 images. Decoding is the
-slow part (milliseconds a picture), so its result is cached once, keyed by the files' names and bytes and by
-the preparation settings: a second run reads one file, and an edited, added or removed picture rebuilds it.
+Class names are the folder names, sorted. Every picture goes through predict.py's preparation
+(``mlplab.pictures.prepare_picture``): training and prediction see the same 28x28 images. Decoding is slow, so
+its result is cached, keyed by the files' names and bytes and the settings: an edited picture rebuilds it.
 """
 
 from __future__ import annotations

@@ -5,10 +5,9 @@ from ``min_lr`` to ``max_lr`` (the config's scheduler is set aside), and records
 early once the loss is ``early_stop_threshold`` times its best. Two readings of the curve:
 
 - Lightning's suggestion: the LR where the loss falls fastest (steepest negative slope), a constant LR's choice;
-- the one-cycle peak: a tenth of the LR where the loss is lowest (fastai's ``lr_min`` rule), looked for from
-  the steepest descent on. The default
-  schedule (conf/scheduler/onecycle.yaml) peaks at ``optimizer.lr`` and starts 25 times lower, so it tolerates a
-  peak above what a constant LR would.
+- the one-cycle peak: a tenth of the LR where the loss is lowest (fastai's ``lr_min`` rule), looked for from the
+  steepest descent on. The default schedule (conf/scheduler/onecycle.yaml) peaks at ``optimizer.lr`` and starts
+  25 times lower, so it tolerates a peak above what a constant LR would.
 
 Both go to ``lr_find.json`` with the curve, the plot to ``lr_find.png`` and to TensorBoard (``lr_find/loss_vs_lr``).
 """

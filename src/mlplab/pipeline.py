@@ -23,8 +23,8 @@ from omegaconf import DictConfig, OmegaConf
 from mlplab.config import validate
 from mlplab.data import MNISTDataModule
 from mlplab.faults import is_collective_failure, lost_workers
-from mlplab.module import ClassifierModule
-from mlplab.trained import refuse_misfit
+from mlplab.classifier import ClassifierModule
+from mlplab.checkpoint_reader import refuse_misfit
 from mlplab.run_record import note_data
 from mlplab.tracking import record_outcome
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def not_an_advert(record: logging.LogRecord) -> bool:
-    """Lightning 2.6 logs a tip to install its cloud logger whenever a Trainer starts: noise in every run's output."""
+    """Lightning logs a tip to install its cloud logger whenever a Trainer starts: noise in every run's output."""
     return not str(record.msg).startswith("💡 Tip")
 
 
@@ -68,7 +68,8 @@ def build_module(
 
 def fastest_precision(accelerator: str = "auto") -> str:
     """``bf16-mixed`` where the hardware computes bf16 natively (CUDA GPUs since Ampere, CPUs with AVX512-BF16
-    or AMX), else ``32-true``: emulated bf16 is slower than fp32. See docs/benchmarks.md for the measurements."""
+    or AMX), else ``32-true``: emulated bf16 is slower (docs/benchmarks.md). torch tells it for the CPU only in
+    private functions: a torch without them gets 32-true, and tests/test_config.py fails loudly."""
     on_gpu = accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available()
     if on_gpu:
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
@@ -86,7 +87,7 @@ def build_trainer(cfg: DictConfig, extra_callbacks: Sequence[L.Callback] = ()) -
         precision = fastest_precision(cfg.trainer.get("accelerator", "auto"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, precision=precision)
     # Lightning sets PYTORCH_NVML_BASED_CUDA_CHECK=1 so that looking for GPUs cannot poison fork; torch's
-    # Adam then asks NVML again on every step (a dlopen, ~0.3 ms). Devices are chosen now: use the cached check.
+    # Adam then asks NVML again on every step (a dlopen each time). Devices are chosen now: use the cached check.
     os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
     return trainer
 

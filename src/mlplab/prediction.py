@@ -17,7 +17,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mlplab.csv_data import kaggle_images
-from mlplab.trained import load_trained_from_config
+from mlplab.checkpoint_reader import load_trained_from_config
 from mlplab.errors import ConfigError, UserError
 from mlplab.figures import image_grid_figure
 from mlplab.pictures import find_images, prepare_picture, read_grayscale, to_model_input  # noqa: F401 (public here too)

@@ -2,10 +2,9 @@
 and stops at once when the study's pruner says the trial is hopeless.
 
 Why not optuna-integration's ``PyTorchLightningPruningCallback``: it needs the ``Trial`` object in the job's
-process (Hydra's joblib and submitit launchers run jobs elsewhere), and it lets the epoch loop run to
-``on_fit_end`` before it raises, then the pipeline would still validate and test the best checkpoint. This
-callback finds its trial by number in the study's storage (``mlplab.studies``), and raises ``TrialPruned``
-straight from the validation that decided it; ``mlplab.sweeps.recorded_sweep_job`` records the job as pruned.
+process (joblib and submitit run jobs elsewhere), and raises only at ``on_fit_end``, after which the pipeline
+would still validate and test. This callback finds its trial by number in the study's storage
+(``mlplab.studies``) and raises ``TrialPruned`` from the deciding validation (recorded by ``recorded_sweep_job``).
 
 The sweeper hands each job its trial (``hydra.sweeper.trial``) and the study's storage; outside a search
 (``trial: null``) the callback does nothing, so a trial's command line re-runs as a plain training run.

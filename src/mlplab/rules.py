@@ -19,12 +19,20 @@ import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, get_args
 
-from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT_INT, _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
-
 from mlplab.errors import ConfigError
 
 Rule = tuple[Callable[[Any], bool], str]
-PRECISIONS = ("auto", *get_args(_PRECISION_INPUT_STR), *get_args(_PRECISION_INPUT_STR_ALIAS), *get_args(_PRECISION_INPUT_INT))
+
+
+def lightning_precisions() -> tuple[str | int, ...]:
+    """Every ``trainer.precision`` Lightning accepts: listed only in its private type aliases (no public constant);
+    their one use, and tests/test_config.py fails loudly if Lightning moves or renames them."""
+    from lightning.fabric.plugins.precision import precision as p
+
+    return ("auto", *(v for a in (p._PRECISION_INPUT_STR, p._PRECISION_INPUT_STR_ALIAS, p._PRECISION_INPUT_INT) for v in get_args(a)))
+
+
+PRECISIONS = lightning_precisions()
 
 
 def is_number(value: Any) -> bool:
@@ -138,6 +146,7 @@ RULES: dict[str, Rule] = {
     "num_threads": or_null(count, "for torch's default"),
     "output_dir": path,
     "task_name": text,
+    "model": (lambda v: v is None, "null in finetune.py, which rebuilds the network from `pretrained`"),
     "regularization.l1": non_negative,
     "regularization.label_smoothing": fraction,
     # model

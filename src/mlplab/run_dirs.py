@@ -1,26 +1,27 @@
 """Run and sweep directories: every run gets one of its own, and no run writes into another's.
 
-Hydra's default name, ``${now:%Y-%m-%d_%H-%M-%S}``, is shared by every run started in the same second: a shell
-loop starting a few seeds put all of them (checkpoints, TensorBoard events, metrics.json) into one directory.
-``${unique_dir:<parent>}`` (the configs' ``hydra.run.dir`` and ``hydra.sweep.dir``) names a new directory
-``<parent>/<YYYY-MM-DD_HH-MM-SS>_<6 hex digits>`` and creates it with an exclusive ``mkdir``, which fails when
-the name exists, also on a shared (NFS) filesystem; then another suffix is drawn. Names still sort by start time.
-The resolver caches its value per config (``use_cache``), and Hydra copies that cache into every job of a
-sweep, so a run or a sweep resolves its directory once.
+Hydra's default name, ``${now:%Y-%m-%d_%H-%M-%S}``, is shared by every run started in the same second (a shell
+loop of seeds wrote into one directory). ``${unique_dir:<parent>}`` (``hydra.run.dir``, ``hydra.sweep.dir``) names
+``<parent>/<YYYY-MM-DD_HH-MM-SS>_<6 hex digits>`` and creates it with an exclusive ``mkdir`` (atomic on NFS too),
+drawing another suffix when taken. The resolver caches its value (``use_cache``), which Hydra copies into every
+job of a sweep, so a run or a sweep resolves its directory once.
 
-A directory given by hand (``hydra.run.dir=X``) that already holds another run (its ``.hydra/`` record or
-``metrics.json``) is refused in one line, unless the command resumes that run (``ckpt_path`` inside X, the resume
-command ``mlplab.faults.ReportInterruption`` prints), or continues the Optuna study kept in that sweep dir.
+A directory given by hand (``hydra.run.dir=X``) that holds another run (``.hydra/``, ``metrics.json``) is refused
+in one line, unless the command resumes that run (``ckpt_path`` inside X: ``resume_command``) or continues the
+Optuna study kept in that sweep dir.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mlplab.errors import ConfigError
@@ -86,3 +87,16 @@ def continues_search(config: DictConfig, directory: Path) -> bool:
     storage = str(sweeper.get("storage") or directory / "optuna.journal")
     study_file = Path(storage.removeprefix("sqlite:///"))
     return study_file.is_file() and directory.resolve() in study_file.resolve().parents
+
+
+def resume_command(entry_point: str, overrides: list[str], checkpoint: str | Path, run_dir: str | Path) -> str:
+    """The command that continues a run from ``checkpoint`` in its own run dir, ready to paste."""
+    kept = [arg for arg in overrides if not arg.startswith(("ckpt_path=", "hydra.run.dir="))]
+    return shlex.join(["python", entry_point, *kept, f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}"])
+
+
+def command_line_overrides() -> list[str]:
+    """This run's overrides: Hydra's record of them (one job's values in a multirun), else the command line."""
+    if HydraConfig.initialized():
+        return list(HydraConfig.get().overrides.task)
+    return sys.argv[1:]

@@ -1,18 +1,16 @@
 """The reproducibility record of a run: ``run.json`` in every run dir, and where a checkpoint came from.
 
-Six months later a run dir must answer: which command (and how to resume it), which code (git commit, and the
-diff when the tree was dirty: ``git_diff.patch`` beside it), which packages, which machine, which data files
-(SHA-256 of each) and how it ended (finished | interrupted | diverged | failed). ``recorded_run`` wraps an entry
-point's task: it writes the record when the run starts (status ``running``: a killed run keeps that) and again
-when it ends.
+Six months later a run dir must answer: which command (and how to resume it), which code (git commit, and
+``git_diff.patch`` when the tree was dirty), which packages, machine and data files (SHA-256 of each), and how it
+ended (finished | interrupted | diverged | failed). ``recorded_run`` wraps an entry point's task: it writes the
+record when the run starts (status ``running``: a killed run keeps that) and again when it ends.
 
-Hashing the 55 MB of MNIST takes a noticeable fraction of a second, every run; each file's digest is cached in
-``$XDG_CACHE_HOME/mlplab/sha256.json`` (default ``~/.cache``) under its path, size and modification time, so the
-next run reads it back instead. A file changed in place gets a new mtime, hence a new digest.
+Hashing MNIST every run would cost a noticeable fraction of a second: each digest is cached in
+``$XDG_CACHE_HOME/mlplab/sha256.json`` (default ``~/.cache``) under the file's path, size and mtime.
 
-Checkpoints carry the record's essentials (``RunOrigin``, stored as plain values under ``mlplab_run``), so
-``eval.py``, ``predict.py``, ``export.py`` and ``finetune.py`` can say which run and commit a checkpoint came from
-even after it was copied elsewhere, and warn when the data they read differs from the data it was trained on.
+Checkpoints carry the record's essentials (``RunOrigin``, plain values under ``mlplab_run``; read back by
+``mlplab.checkpoint_reader``), so eval, predict, export and finetune name the run and commit a checkpoint came
+from even after it was copied, and warn when their data differs from the data it was trained on.
 """
 
 from __future__ import annotations
@@ -39,8 +37,8 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mlplab.data import expected_files, raw_folder
-from mlplab.errors import user_error_in
-from mlplab.faults import TrainingDiverged, command_line_overrides, resume_command
+from mlplab.errors import TrainingDiverged, user_error_in
+from mlplab.run_dirs import command_line_overrides, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -232,6 +230,12 @@ def note_data(datamodule: L.LightningDataModule) -> dict[str, str]:
     return hashes
 
 
+def note_checkpoint(path: str | Path, origin: dict[str, Any] | None) -> None:
+    """Record the checkpoint this run starts from, and the run that wrote it."""
+    if _active is not None:
+        _active.update(checkpoint={"path": str(Path(str(path)).resolve()), "origin": origin})
+
+
 def note_tracker(name: str, run: dict[str, Any]) -> None:
     """Record where a tracker (mlflow, wandb) keeps this run, for run.json and the sweep summary."""
     if _active is not None:
@@ -278,39 +282,6 @@ class RunOrigin(L.Callback):
             git_info = _active.data.get("git") or {}
             checkpoint[CHECKPOINT_KEY] = {key: _active.data[key] for key in keys} | {
                 "git_commit": git_info.get("commit"), "git_dirty": git_info.get("dirty")}
-
-
-def checkpoint_origin(ckpt_path: str | Path) -> dict[str, Any] | None:
-    """What a checkpoint says about the run that wrote it, else the run.json beside its checkpoints/ folder."""
-    path = Path(str(ckpt_path))
-    try:
-        contents = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - the loaders report unreadable checkpoints themselves
-        contents = None
-    if isinstance(contents, dict) and isinstance(contents.get(CHECKPOINT_KEY), dict):
-        return dict(contents[CHECKPOINT_KEY])
-    record = path.resolve().parent.parent / RUN_RECORD
-    if record.is_file():
-        data = json.loads(record.read_text())
-        git_info = data.get("git") or {}
-        return {key: data.get(key) for key in ("run_dir", "command", "start_time", "data_sha256")} | {
-            "git_commit": git_info.get("commit"), "git_dirty": git_info.get("dirty")}
-    return None
-
-
-def report_origin(ckpt_path: str | Path, key: str = "ckpt_path") -> dict[str, Any] | None:
-    """Log which run and commit ``ckpt_path`` came from, record it in run.json, and return it (None: unknown)."""
-    origin = checkpoint_origin(ckpt_path)
-    if origin is None:
-        log.info("%s=%s: no record of the run that wrote it (no run.json beside it)", key, ckpt_path)
-    else:
-        commit = (origin.get("git_commit") or "unknown")[:12]
-        dirty = ", with uncommitted changes: see git_diff.patch in that run dir" if origin.get("git_dirty") else ""
-        log.info("%s=%s comes from run %s (commit %s%s), started %s", key, ckpt_path, origin.get("run_dir"), commit,
-                 dirty, origin.get("start_time"))
-    if _active is not None:
-        _active.update(checkpoint={"path": str(Path(str(ckpt_path)).resolve()), "origin": origin})
-    return origin
 
 
 def warn_if_data_changed(origin: dict[str, Any] | None, hashes: dict[str, str]) -> list[str]:

@@ -1,9 +1,8 @@
 """Optuna studies kept in storage, shared by the search (the sweeper) and its jobs (the pruning callback).
 
-A study lives in storage so that every process that takes part sees the same trials: the sweeper that asks
-for trials and tells their results, each training job that reports its metric after every validation and
-asks whether to stop, a second sweep command working on the same study, the one that resumes a killed search,
-and ``optuna-dashboard <storage>``. The storage is named by one string, as optuna-dashboard names it:
+A study lives in storage so that every process sees the same trials: the sweeper, each job reporting its metric
+and asking whether to stop, a second command on the same study, the one resuming a killed search, and
+``optuna-dashboard <storage>``. The storage is named by one string, as optuna-dashboard names it:
 
 - an RDB URL (``sqlite:///optuna.db``, ``postgresql://...``): Optuna's RDBStorage;
 - anything else is a file path for Optuna's JournalStorage (an append-only log, safe for processes on one

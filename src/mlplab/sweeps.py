@@ -2,22 +2,18 @@
 
 Two pieces, each a mechanism Hydra provides:
 
-``recorded_sweep_job`` wraps the task function (``main`` in ``train.py``). In a multirun it writes
-``job.json`` into the job's dir (status, the monitored metric, wall time, the one-line reason of a failure),
-and a failing job does not end the sweep. A job an Optuna pruner stopped (``TrialPruned``, raised by
-``mlplab.pruning.OptunaPruning``) is recorded as ``pruned``, with the epoch and its last metric: not a failure. Hydra's launchers catch a job's exception into its ``JobReturn``,
-but the sweepers (basic, Optuna) then read ``return_value``, which re-raises it and abandons the jobs still
-to run. So the wrapper catches the failure itself: it logs it (with the traceback, in the job's log),
-records it and returns NaN. The basic sweeper goes on to the next job; the Optuna sweeper marks a NaN trial
-failed and goes on sampling. ``HYDRA_FULL_ERROR=1`` re-raises instead, to stop at the first failure.
+``recorded_sweep_job`` wraps the task of train.py and finetune.py (``mlplab.cli.run``). In a multirun it writes
+``job.json`` into the job's dir (status, the monitored metric, wall time, the one-line reason of a failure); a
+job an Optuna pruner stopped (``TrialPruned``) is ``pruned``, not failed. Hydra's launchers catch a job's
+exception, but the sweepers then read ``return_value``, which re-raises it and abandons the jobs still to run;
+so the wrapper logs the failure (traceback in the job's log), records it and returns NaN, and the sweeper goes
+on. ``HYDRA_FULL_ERROR=1`` re-raises instead, to stop at the first failure.
 
-``SweepSummary`` is a Hydra callback (``hydra.callbacks`` in conf/train.yaml): ``on_multirun_end`` reads
-every job's overrides, ``job.json`` and ``metrics.json``, writes ``summary.csv`` and ``summary.md`` into the
-sweep dir (plus ``summary_folds.csv`` when jobs differ in ``data.fold``), prints the table, and ends the
-command with exit status 1 when a job failed (pruned jobs are not failures). An optimizing sweeper may leave
-``study.md`` in the sweep dir (the project's Optuna sweeper does: the study's counts, best trial, importances);
-it is appended to the summary. Hydra turns an exception raised by a callback into a warning,
-so that exit is a ``SystemExit``.
+``SweepSummary`` is a Hydra callback (``hydra.callbacks`` in conf/train.yaml): ``on_multirun_end`` reads every
+job's overrides, ``job.json`` and ``metrics.json``, writes ``summary.csv`` and ``summary.md`` (plus
+``summary_folds.csv`` when jobs differ in ``data.fold``, and an optimizing sweeper's ``study.md``), prints the
+table, and exits with status 1 when a job failed: a ``SystemExit``, since Hydra turns a callback's exception
+into a warning.
 """
 
 from __future__ import annotations
@@ -43,6 +39,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from mlplab.config import available_cores
 from mlplab.errors import ConfigError, user_error_in
 from mlplab.tracking import read_tracker_runs
 
@@ -69,10 +66,6 @@ def monitored_metric(cfg: DictConfig) -> tuple[str, str]:
     if checkpoint is not None and checkpoint.get("monitor"):
         return checkpoint.monitor, checkpoint.get("mode", "min")
     return "val/acc", "max"
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def job_threads(cfg: DictConfig, launcher: DictConfig | None) -> int | None:

@@ -2,18 +2,15 @@
 
 Lightning's own loggers do the logging; this module names the runs and sends them what Lightning does not:
 
-- ``mlflow_logger`` / ``wandb_logger`` build Lightning's ``MLFlowLogger`` / ``WandbLogger`` with names that
-  follow Hydra's: a single run is a run of the experiment ``train`` (the task), named after its run dir; a sweep
-  is one experiment (MLflow) or group (W&B) named after the sweep dir, with one run per job, named after the job.
-- ``log_figure`` sends a matplotlib figure to every logger of the run that takes images (TensorBoard, MLflow,
-  W&B): the callbacks that draw figures call it.
-- ``TrackerRecord`` (conf/callbacks/default.yaml) writes each tracker's run id into run.json (the sweep summary
-  reads it from there) and, at the end, gives the tracker the run's ``metrics.json`` (test metrics, the best
-  checkpoint's path) and ``run.json`` as artifacts, and the best checkpoint's path as a tag.
+- ``mlflow_logger`` / ``wandb_logger``: Lightning's loggers named as Hydra names runs: a single run is a run of
+  the experiment ``train`` (the task) named after its run dir; a sweep is one experiment (MLflow) or group (W&B)
+  named after the sweep dir, with one run per job.
+- ``log_figure``: a matplotlib figure to every logger that takes images (TensorBoard, MLflow, W&B).
+- ``TrackerRecord`` (conf/callbacks/default.yaml): each tracker's run id into run.json (for the sweep summary);
+  at the end ``metrics.json`` and ``run.json`` as artifacts and the best checkpoint's path as a tag.
 
-Hyperparameters go to every logger from ``mlplab.tensorboard_extras.HParamsSummary``, with the flat names of
-TensorBoard's HParams tab (``optimizer.lr``, ``net.hidden_dims``, ``data.batch_size``); per-epoch and final
-val/test metrics are Lightning's ``self.log`` values, which every logger receives.
+Hyperparameters reach every logger from ``mlplab.inspection.HParamsSummary`` (the HParams tab's flat names);
+metrics are Lightning's ``self.log`` values, which every logger receives.
 """
 
 from __future__ import annotations
@@ -26,11 +23,11 @@ from typing import Any
 
 import lightning as L
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 
+from mlplab.config import parsed_override
 from mlplab.run_record import RUN_RECORD, note_tracker
 
 log = logging.getLogger(__name__)
@@ -38,11 +35,10 @@ log = logging.getLogger(__name__)
 
 def fixed_keys(arguments: list[str]) -> set[str]:
     """Keys given one value on the command line (not swept): the same in every job of a sweep."""
-    parser = OverridesParser.create()
     keys = set()
     for text in arguments:
         try:
-            override = parser.parse_override(text)
+            override = parsed_override(text)
         except Exception:  # not an override (-m, --flags): nothing to name
             continue
         if not override.is_sweep_override():

@@ -117,7 +117,7 @@ class SearchSpace:
         """Every choice, and both ends of a range, must be a value the config accepts (mlplab.rules)."""
         name = key.lstrip("+~")
         if OmegaConf.select(config, name, default=ABSENT) is ABSENT and not key.startswith("+"):
-            close = get_close_matches(name, list(dotted_keys(config)), n=1)
+            close = get_close_matches(name, list(dotted_keys(OmegaConf.to_container(config, resolve=False))), n=1)
             raise ConfigError(f"search space {entry}: {name} is not a setting"
                               + (f"; did you mean {close[0]}?" if close else "; to add a new key: +" + name))
         if isinstance(OmegaConf.select(config, name, default=None), DictConfig):

@@ -20,26 +20,23 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import compose_entry, compose_train, run_script
-from mlplab.trained import load_trained
+from conftest import compose_config, run_script
+from mlplab.checkpoint_reader import load_trained
 from mlplab.data import load_split
 from mlplab.errors import DataError, UserError
 from mlplab.evaluation import evaluate
 from mlplab.export import export
 from mlplab.pipeline import train
 from mlplab.prediction import predict, read_grayscale, to_model_input
-from mlplab.tensorboard_extras import add_summary, experiment_summary
-
-TINY = ["trainer.max_epochs=2", "data.val_size=100", "data.batch_size=32", "trainer.enable_model_summary=false",
-        "trainer.enable_progress_bar=false", "callbacks.progress_bar=null"]
-
+from mlplab.inspection import add_summary, experiment_summary
 
 @pytest.fixture(scope="module")
 def tiny_run(data_dir, tmp_path_factory) -> Path:
     """A finished `python train.py` run dir, with the optional histograms and model graph switched on."""
     run_dir = tmp_path_factory.mktemp("tiny_run")
-    cfg = compose_train([*TINY, f"data.data_dir={data_dir}", "callbacks.parameter_histograms.enabled=true",
-                         "callbacks.model_graph.enabled=true"], run_dir)
+    cfg = compose_config("train", ["debug=fast", "logger=tensorboard", "trainer.max_epochs=2", f"data.data_dir={data_dir}",
+                                   "trainer.precision=auto",  # eval.py's: the same arithmetic, the same numbers
+                                   "callbacks.parameter_histograms.enabled=true", "callbacks.model_graph.enabled=true"], run_dir)
     train(cfg)
     return run_dir
 
@@ -163,7 +160,7 @@ def test_eval_reports_the_test_metrics_of_the_run(tiny_run, data_dir, tmp_path):
 
 def test_eval_on_the_validation_split_reproduces_the_best_checkpoints_val_metrics(tiny_run, data_dir, tmp_path):
     metrics = run_metrics(tiny_run)
-    cfg = compose_entry("eval", [f"ckpt_path={metrics['best_ckpt']}", "split=val", f"data_dir={data_dir}"], tmp_path)
+    cfg = compose_config("eval", [f"ckpt_path={metrics['best_ckpt']}", "split=val", f"data_dir={data_dir}"], tmp_path)
     report = evaluate(cfg)
     assert report["images"] == 100  # the run's own held-out split (data.val_size=100 came with the checkpoint)
     assert report["val/acc"] == pytest.approx(metrics["val/acc"], abs=1e-6)
@@ -172,7 +169,7 @@ def test_eval_on_the_validation_split_reproduces_the_best_checkpoints_val_metric
 
 def test_eval_names_a_missing_checkpoint(tmp_path):
     with pytest.raises(UserError, match="missing.ckpt: no such file; pass a checkpoint written by train.py"):
-        evaluate(compose_entry("eval", [f"ckpt_path={tmp_path}/missing.ckpt"], tmp_path))
+        evaluate(compose_config("eval", [f"ckpt_path={tmp_path}/missing.ckpt"], tmp_path))
 
 
 # --- predict.py ----------------------------------------------------------------------------------------------
@@ -186,7 +183,7 @@ def test_predict_classifies_pictures_of_any_size_and_polarity(tiny_run, data_dir
         for name, pixels, side in ((f"digit{index}.png", image, 112), (f"digit{index}_inverted.png", 255 - image, 84)):
             Image.fromarray(pixels.numpy()).resize((side, side), Image.Resampling.NEAREST).save(pictures / name)
     ckpt = run_metrics(tiny_run)["best_ckpt"]
-    predict(compose_entry("predict", [f"ckpt_path={ckpt}", f"inputs={pictures}", "fit=false", "top_k=2"], tmp_path))
+    predict(compose_config("predict", [f"ckpt_path={ckpt}", f"inputs={pictures}", "fit=false", "top_k=2"], tmp_path))
     with open(tmp_path / "predictions.csv") as file:
         rows = {Path(row["file"]).name: row for row in csv.DictReader(file)}
     assert len(rows) == 6 and set(next(iter(rows.values()))) == {"file", "class_1", "probability_1", "class_2", "probability_2"}
@@ -226,25 +223,29 @@ def test_predict_names_an_unreadable_picture(tmp_path):
 LOAD_WITHOUT_MLPLAB = """
 import sys
 sys.modules["mlplab"] = None  # importing mlplab now fails: the files must stand alone
-import onnxruntime, torch
+import json, onnxruntime, torch
 images = torch.load(sys.argv[1])
-torchscript = torch.jit.load(sys.argv[2])(images)
-session = onnxruntime.InferenceSession(sys.argv[3], providers=["CPUExecutionProvider"])
+extra = {"mlplab.json": ""}
+exported = torch.export.load(sys.argv[2], extra_files=extra).module()(images)
+assert json.loads(extra["mlplab.json"])["class_names"] == [str(d) for d in range(10)]  # the labels travel along
+torchscript = torch.jit.load(sys.argv[3])(images)
+session = onnxruntime.InferenceSession(sys.argv[4], providers=["CPUExecutionProvider"])
 onnx = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: images.numpy()})[0])
-torch.save({"torchscript": torchscript.detach(), "onnx": onnx}, sys.argv[4])
+torch.save({"export": exported.detach(), "torchscript": torchscript.detach(), "onnx": onnx}, sys.argv[5])
 """
 
 
 def test_exported_files_give_the_checkpoints_logits_without_mlplab(tiny_run, data_dir, tmp_path):
     ckpt = run_metrics(tiny_run)["best_ckpt"]
-    torchscript_file, onnx_file = (export(compose_entry("export", [f"ckpt_path={ckpt}", f"format={fmt}"], tmp_path))
-                                   for fmt in ("torchscript", "onnx"))
+    files = [export(compose_config("export", [f"ckpt_path={ckpt}", *fmt], tmp_path / "_".join(fmt or ["default"])))
+             for fmt in ([], ["format=torchscript"], ["format=onnx"])]  # the default: format=export, model.pt2
+    assert files[0].name == "model.pt2"
 
     images = (load_split(data_dir, "mnist", train=False)[0][:50].float() / 255).unsqueeze(1)  # what the files take: [N, 1, 28, 28] in [0, 1]
     torch.save(images, tmp_path / "images.pt")
     loaded = subprocess.run(
-        [sys.executable, "-c", LOAD_WITHOUT_MLPLAB, str(tmp_path / "images.pt"), str(torchscript_file),
-         str(onnx_file), str(tmp_path / "logits.pt")],
+        [sys.executable, "-c", LOAD_WITHOUT_MLPLAB, str(tmp_path / "images.pt"),
+         *map(str, files), str(tmp_path / "logits.pt")],
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert loaded.returncode == 0, loaded.stderr[-3000:]
@@ -252,10 +253,10 @@ def test_exported_files_give_the_checkpoints_logits_without_mlplab(tiny_run, dat
     trained = load_trained(ckpt)
     with torch.no_grad():
         expected = trained.module((images - trained.info.mean) / trained.info.std)
-    for fmt in ("torchscript", "onnx"):
+    for fmt in ("export", "torchscript", "onnx"):
         assert torch.allclose(logits[fmt], expected, atol=1e-4, rtol=1e-4), fmt
 
 
 def test_export_refuses_an_unknown_format(tiny_run, tmp_path):
-    with pytest.raises(UserError, match="format='keras' must be one of torchscript, onnx"):
-        export(compose_entry("export", [f"ckpt_path={run_metrics(tiny_run)['best_ckpt']}", "format=keras"], tmp_path))
+    with pytest.raises(UserError, match="format='keras' must be one of export, onnx, torchscript"):
+        export(compose_config("export", [f"ckpt_path={run_metrics(tiny_run)['best_ckpt']}", "format=keras"], tmp_path))

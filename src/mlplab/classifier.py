@@ -39,7 +39,7 @@ class ClassifierModule(L.LightningModule):
         super().__init__()
         check({"regularization.l1": l1, "regularization.label_smoothing": label_smoothing,
                "finetune.backbone_lr_scale": backbone_lr_scale})
-        self.save_hyperparameters(logger=False)  # loggers get flat names from tensorboard_extras.HParamsSummary
+        self.save_hyperparameters(logger=False)  # loggers get flat names from inspection.HParamsSummary
         self.net = instantiate(net)
         num_classes = net["num_classes"]
         # Metrics accumulate on the device and are read once per epoch: nothing in a step waits for the host.

@@ -1,15 +1,13 @@
-"""TensorBoard content beyond the per-epoch scalars, as Lightning callbacks (conf/callbacks/inspection.yaml).
+"""Inspecting a run (README): TensorBoard beyond per-epoch scalars, as callbacks (conf/callbacks/inspection.yaml).
 
-- ``HParamsSummary``: the run's hyperparameters as an HParams session, so the HParams tab compares runs
-  and sweep jobs side by side, each with its final metrics; the same flat names go to every other logger
-  (MLflow params, W&B config: mlplab/tracking.py);
+- ``HParamsSummary``: the hyperparameters as an HParams session (the tab compares runs and sweep jobs, each with
+  its final metrics); the same flat names go to MLflow and W&B (mlplab/tracking.py);
 - ``TrainingSamples``: a grid of training images as the network sees them (after augmentation);
 - ``ParameterHistograms`` and ``ModelGraph``: weight/gradient histograms per epoch and the network's
   graph, off by default (``callbacks.parameter_histograms.enabled=true``, ``callbacks.model_graph.enabled=true``).
 
-The test-set confusion matrix and misclassified images come from ``mlplab.evaluation.ErrorAnalysis``,
-which ``eval.py`` shares. The figures go to every logger that takes images (TensorBoard, MLflow, W&B);
-the histograms and the graph are TensorBoard's alone.
+The confusion matrix and mistakes come from ``mlplab.evaluation.ErrorAnalysis`` (shared with eval.py). Figures
+go to every logger that takes images (TensorBoard, MLflow, W&B); histograms and the graph to TensorBoard alone.
 """
 
 from __future__ import annotations
@@ -26,6 +24,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 from torch.utils.tensorboard.writer import FileWriter
 
+from mlplab.export import torchscript_quietly
 from mlplab.figures import image_grid_figure, to_display
 from mlplab.tracking import image_loggers, log_figure
 
@@ -76,7 +75,7 @@ def add_summary(writer: SummaryWriter, summary: Summary) -> None:
 def experiment_summary(params: Mapping[str, float | int | str]) -> Summary:
     """The HParams experiment: ``params`` with ``LEADING_HPARAMS`` marked as differing, so they are the columns
     shown first, and ``LEADING_METRICS`` as the metric columns, in that order. torch's ``hparams`` builds it; the
-    ``differs`` flag has no argument there, so it is set in the serialized experiment (tests/test_inspect.py
+    ``differs`` flag has no argument there, so it is set in the serialized experiment (tests/test_inspection.py
     checks the columns TensorBoard then serves)."""
     experiment, _, _ = hparams_summaries(dict(params), dict.fromkeys(LEADING_METRICS, 0.0))
     plugin_data = experiment.value[0].metadata.plugin_data
@@ -195,6 +194,7 @@ class ModelGraph(L.Callback):
         example = torch.zeros(1, *trainer.datamodule.input_shape, device=pl_module.device)
         was_training = pl_module.training
         pl_module.eval()  # dropout and batch norm as at inference: a deterministic trace
-        for writer in writers:
-            writer.add_graph(pl_module, example)
+        with torchscript_quietly():  # add_graph traces with TorchScript: TensorBoard reads no other graph
+            for writer in writers:
+                writer.add_graph(pl_module, example)
         pl_module.train(was_training)

@@ -1,6 +1,4 @@
-"""Callbacks Lightning does not ship in the form we need.
-
-``EpochTimer``: Lightning's ``ThroughputMonitor`` reports per step; users comparing recipes (and
+"""Timing training: Lightning's ``ThroughputMonitor`` reports per step; users comparing recipes (and
 ``bench/speed.py``) want one number per epoch: seconds of training, without validation, and samples/s.
 """
 

@@ -1,16 +1,14 @@
 """What a checkpoint holds beyond Lightning's defaults, and how it reaches the disk.
 
-``RandomState``: Lightning restores weights, optimizer, schedule, loop counters and callback states, but
-not the random number generators. The batch order is already a function of ``seed`` and the epoch
-(``DistributedSampler.set_epoch``); dropout masks and augmentation draws come from the global generators, so a
-resumed run only matches the run it continues when their states travel in the checkpoint too.
-Stored as tensors and plain values: checkpoints stay loadable with ``torch.load(weights_only=True)``.
+``RandomState``: Lightning restores weights, optimizer, schedule, loop counters and callback states, not the
+random generators; the batch order follows ``seed`` and the epoch, but dropout and augmentation draw from the
+global generators, so a resumed run matches the run it continues only when their states travel in the checkpoint,
+as tensors and plain values (``torch.load(weights_only=True)`` reads them; Lightning's private
+``_collect_rng_states`` keeps numpy's state as an array, which weights_only refuses).
 
-``AtomicCheckpointIO``: Lightning writes through an fsspec transaction whose temporary file lives in the
-system temp folder; committing it is ``shutil.move``, a copy into the target (not a rename) whenever that folder
-is on another filesystem (tmpfs, node-local /tmp next to a network home), and nothing is fsynced. A crash or
-a second Ctrl-C during that copy leaves a truncated ``last.ckpt`` in place of the good one. Here the
-checkpoint goes to a temporary file next to its target, is fsynced, and replaces the target by ``os.replace``:
+``AtomicCheckpointIO``: Lightning commits a checkpoint with ``shutil.move`` from the system temp folder: a copy
+(not a rename) when that is another filesystem, unsynced, so a crash or a second Ctrl-C during it leaves a
+truncated ``last.ckpt``. Here it goes to a temporary file beside its target, is fsynced and ``os.replace``-d:
 readers see the old file or the new one, never a part.
 """
 

@@ -1,0 +1,26 @@
+"""What every entry point (train.py, finetune.py, lr_find.py, eval.py, predict.py, export.py) does around its task."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from mlplab.config import refuse_unknown_overrides
+from mlplab.errors import reported_as_one_line
+from mlplab.run_record import recorded_run
+from mlplab.sweeps import recorded_sweep_job
+
+
+def run(task: Callable[[DictConfig], Any], config_name: str, sweep_objective: bool = False) -> None:
+    """``python <script>.py <overrides>``: unknown options refused in one line, then ``task`` on ``conf/<config_name>``
+    (beside the script), bad input as one line, ``run.json`` around it; ``sweep_objective``: ``task`` returns what a
+    sweeper optimizes (a job's share of cores, its row in the table). Configs set ``hydra.job.name`` (not cli)."""
+    config_dir = Path(sys.argv[0]).resolve().parent / "conf"
+    refuse_unknown_overrides(config_dir, config_name, sys.argv[1:])
+    recorded = recorded_sweep_job(recorded_run(task)) if sweep_objective else recorded_run(task)
+    hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(reported_as_one_line(recorded))()
