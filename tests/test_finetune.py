@@ -14,7 +14,7 @@ import torch
 from conftest import compose_config, run_script
 from mlplab.data import MNISTDataModule, load_split
 from mlplab.errors import ConfigError, UserError
-from mlplab.finetune import finetune, layer_freezing, pretrained_module
+from mlplab.finetune import finetune, hidden_layers, layer_freezing, pretrained_module
 from mlplab.models import MLP
 from mlplab.pipeline import build_datamodule, train
 from mlplab.checkpoint_reader import load_pretrained
@@ -106,20 +106,28 @@ def test_a_plain_state_dict_is_rebuilt_from_its_shapes(pretrained_ckpt, tmp_path
 # --- freezing, unfreezing, learning rates --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("freeze", "frozen", "trained"), [("backbone", ["1", "3"], []), (1, ["1"], ["3"])])
+def layer_state_names(net: MLP) -> list[set[str]]:
+    """state_dict names of each hidden layer: its Linear and what follows it (batch norm weights and statistics)."""
+    module_names = {id(module): name for name, module in net.named_modules()}
+    return [{f"{module_names[id(module)]}.{key}" for module in layer for key in module.state_dict()}
+            for layer in hidden_layers(net.backbone)]
+
+
+@pytest.mark.parametrize(("freeze", "frozen", "trained"), [("backbone", [0, 1], []), (1, [0], [1])])
 def test_frozen_layers_get_no_gradients_and_keep_their_weights(data_dir, pretrained_ckpt, freeze, frozen, trained):
     cfg, pretrained, datamodule, module, _ = finetuning_setup(data_dir, pretrained_ckpt, [f"finetune.freeze={freeze}"])
     probe = StepProbe()
     trainer = fit_briefly(module, datamodule, [layer_freezing(cfg.finetune, module.net, 1), probe])
     with_grad = set.union(*(step["with_grad"] for step in probe.steps))
-    for layer in frozen:  # backbone.<i>: the hidden Linear layers (0 is Flatten, 2 the first ReLU)
-        for name in (f"backbone.{layer}.weight", f"backbone.{layer}.bias"):
-            assert name not in with_grad
-            assert torch.equal(module.net.state_dict()[name], pretrained.weights[name]), name
-    for name in [f"backbone.{layer}.weight" for layer in trained] + ["head.weight"]:
-        assert name in with_grad and not torch.equal(module.net.state_dict()[name], pretrained.weights[name])
-    frozen_params = {id(p) for name, p in module.net.named_parameters() if name.split(".")[1] in frozen}
-    assert not frozen_params & {id(p) for p in trainer.optimizers[0].state}  # no optimizer state either
+    layers = layer_state_names(module.net)
+    assert any("running_mean" in name for name in layers[0])  # the network has batch norm: its statistics count too
+    state = module.net.state_dict()
+    for name in set().union(*(layers[i] for i in frozen)):
+        assert name not in with_grad and torch.equal(state[name], pretrained.weights[name]), name
+    for name in [n for i in trained for n in layers[i] if n.endswith("weight")] + ["head.weight"]:
+        assert name in with_grad and not torch.equal(state[name], pretrained.weights[name]), name
+    frozen_params = {id(p) for name, p in module.net.named_parameters() if any(name in layers[i] for i in frozen)}
+    assert frozen_params and not frozen_params & {id(p) for p in trainer.optimizers[0].state}  # no optimizer state either
 
 
 def test_frozen_backbone_trains_from_the_unfreeze_epoch_at_its_scaled_lr(data_dir, pretrained_ckpt):

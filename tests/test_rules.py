@@ -76,6 +76,14 @@ def test_devices_are_counted_against_this_machine(data_dir, monkeypatch):
     validate(compose_config("train", ["debug=fast", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", f"data.data_dir={data_dir}"]))
 
 
+
+def test_synchronized_batch_norm_is_refused_on_cpu_processes(data_dir):
+    """The default network has batch norm; torch's SyncBatchNorm would fail in every worker after they start."""
+    with pytest.raises(ConfigError, match=r"^trainer.sync_batchnorm=true must be false on CPU processes: torch's "
+                                          r"SyncBatchNorm runs on GPUs only \(this machine has"):
+        validate(compose_config("train", ["debug=fast", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2",
+                                          "trainer.sync_batchnorm=true", f"data.data_dir={data_dir}"]))
+
 def test_the_search_space_of_a_sweep_is_checked(data_dir):
     cfg = compose_config("train", ["debug=fast", f"data.data_dir={data_dir}"])
     with open_dict(cfg):

@@ -142,6 +142,8 @@ def device_problems(values: dict[str, Any]) -> list[str]:
         return [f"trainer.accelerator={accelerator} (trainer=gpu) needs a GPU, but {here}: use trainer=cpu, or "
                 "trainer=default (a GPU when there is one, else the CPU)"]
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and gpus > 0)
+    if values.get("trainer.sync_batchnorm") is True and not on_gpu:
+        return [f"trainer.sync_batchnorm=true must be false on CPU processes: torch's SyncBatchNorm runs on GPUs only ({here})"]
     available, unit = (gpus, "GPUs") if on_gpu else (cores, "CPU processes, one per core")
     requested = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) and devices > 0 else 0
     if requested > available or (on_gpu and isinstance(devices, list) and max(devices, default=0) >= gpus):
