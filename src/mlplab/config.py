@@ -129,9 +129,8 @@ def leaf_values(cfg: DictConfig, path: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def device_problems(values: dict[str, Any]) -> list[str]:
-    """``trainer.accelerator`` and ``trainer.devices`` against what this machine has, before any process starts."""
+    """``trainer.accelerator``, ``devices`` and ``sync_batchnorm`` against what this machine has, before any process starts."""
     from lightning.pytorch.accelerators import CUDAAccelerator
-
     accelerator, devices = values.get("trainer.accelerator"), values.get("trainer.devices")
     if accelerator is None:
         return []

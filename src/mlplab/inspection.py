@@ -60,10 +60,8 @@ LEADING_METRICS = ("val/acc", "test/acc", "val/loss", "test/loss", "train/acc", 
 
 
 def add_summary(writer: SummaryWriter, summary: Summary) -> None:
-    """Write a ready-made Summary (the HParams plugin's) into the writer's log dir. SummaryWriter has no public
-    method for that, but its ``file_writer`` attribute has. A closed writer (Lightning's logger closes it after
-    ``trainer.test``, as finetune.py runs before fitting) has none; then a FileWriter of its own writes the
-    summary beside it: TensorBoard reads every event file of a run's dir."""
+    """A ready-made Summary (the HParams plugin's) into the writer's log dir, through its public ``file_writer``;
+    a writer closed by ``trainer.test`` (finetune.py tests first) has none, so a FileWriter of its own writes it."""
     if writer.file_writer is not None:
         writer.file_writer.add_summary(summary)
         return
