@@ -15,7 +15,7 @@ from mlplab.config import refuse_unknown_overrides
 from mlplab.data import load_split
 from mlplab.errors import DataError, UserError
 from mlplab.pipeline import train
-from mlplab.prediction import read_grayscale
+from mlplab.pictures import read_grayscale
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

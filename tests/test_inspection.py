@@ -27,7 +27,8 @@ from mlplab.errors import DataError, UserError
 from mlplab.evaluation import evaluate
 from mlplab.export import export
 from mlplab.pipeline import train
-from mlplab.prediction import predict, read_grayscale, to_model_input
+from mlplab.pictures import read_grayscale, to_model_input
+from mlplab.prediction import predict
 from mlplab.inspection import add_summary, experiment_summary
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from mlplab.csv_data import kaggle_images
 from mlplab.checkpoint_reader import load_trained_from_config
 from mlplab.errors import ConfigError, UserError
 from mlplab.figures import image_grid_figure
-from mlplab.pictures import find_images, prepare_picture, read_grayscale, to_model_input  # noqa: F401 (public here too)
+from mlplab.pictures import find_images, prepare_picture
 from mlplab.rules import check, problem
 
 log = logging.getLogger(__name__)
