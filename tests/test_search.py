@@ -213,3 +213,15 @@ def test_the_study_report_counts_pruned_trials_and_gives_importances_once_enough
     assert {name for name, _ in rows} == set(space.distributions)
     assert sum(float(value) for _, value in rows) == pytest.approx(1.0, abs=0.01)  # Optuna's normalized importances
     assert (tmp_path / "best_overrides.txt").read_text().startswith("trainer.max_epochs=1\noptimizer.lr=")
+
+
+@pytest.mark.parametrize("name", ["none", "median", "hyperband", "successive_halving"])
+def test_a_pruner_named_in_short_is_the_one_its_config_group_builds(name):
+    """`hydra.sweeper.pruner=<name>` and `hydra/sweeper/pruner=<name>` must prune alike: one set of defaults."""
+    from hydra.utils import instantiate
+
+    from mlplab.studies import build_pruner
+
+    cfg = compose_config("train", ["hparams_search=mlp_optuna", f"hydra/sweeper/pruner={name}"], with_hydra=True)
+    from_group, from_name = instantiate(cfg.hydra.sweeper.pruner), build_pruner(name)
+    assert type(from_group) is type(from_name) and vars(from_group) == vars(from_name)

@@ -183,7 +183,9 @@ def test_optuna_search_composes_with_a_seeded_sampler():
     sweeper = compose_config("train", ["hparams_search=mlp_optuna", "seed=3"], with_hydra=True).hydra.sweeper
     assert sweeper._target_.endswith("OptunaSweeper") and sweeper.direction == "maximize"
     assert sweeper.sampler.seed == 3
-    assert {"optimizer.lr", "optimizer.weight_decay", "model.dropout", "model.hidden_dims", "data.batch_size"} <= set(sweeper.params)
+    assert {"optimizer.lr", "optimizer.weight_decay", "model.dropout", "model.hidden_dims"} == set(sweeper.params)
+    # batch size is held fixed: with pruning on by default, a smaller batch would win the cut by its extra steps
+    assert sweeper.pruner._target_ == "optuna.pruners.MedianPruner" and "data.batch_size" not in sweeper.params
 
 
 def test_optuna_direction_must_match_the_monitored_metric_before_any_job(caplog):

@@ -108,6 +108,12 @@ def export_formats() -> list[str]:
     return list(FORMATS)
 
 
+def pruners() -> list[str]:
+    from hydra_plugins.mlplab_optuna_sweeper.config import PRUNERS
+
+    return list(PRUNERS)
+
+
 def datasets() -> list[str]:
     from mlplab.data import DATASETS
 
@@ -127,8 +133,8 @@ metric = one_of(("val/acc", "val/loss", "train/acc", "train/loss"))
 min_or_max = one_of(("min", "max"))
 seed = integer(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)")
 epochs_or_auto: Rule = (lambda v: v == "auto" or is_integer(v) and v >= 1, "auto or a number of epochs >= 1")
-pruner: Rule = (lambda v: isinstance(v, Mapping) or v in ("none", "median", "hyperband", "successive_halving"),
-                "none, median, hyperband or successive_halving (hydra/sweeper/pruner=<name> for its settings)")
+pruner: Rule = (lambda v: isinstance(v, Mapping) or v in pruners(),
+                LazyText(lambda: f"one of {', '.join(pruners())} (hydra/sweeper/pruner=<name> for its settings)"))
 
 # Keys without a default (``???``) that a chosen group needs on the command line.
 REQUIRED: dict[str, str] = {

@@ -21,14 +21,6 @@ from mlplab.errors import ConfigError
 if TYPE_CHECKING:
     import optuna
 
-PRUNERS = {  # what hydra.sweeper.pruner=<name> builds (arguments: hydra/sweeper/pruner=<name> hydra.sweeper.pruner.<arg>=...)
-    "none": "NopPruner",
-    "median": "MedianPruner",
-    "hyperband": "HyperbandPruner",
-    "successive_halving": "SuccessiveHalvingPruner",
-}
-
-
 def is_rdb_url(storage: str) -> bool:
     return "://" in storage
 
@@ -45,15 +37,18 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
 
 
 def build_pruner(spec: Any) -> optuna.pruners.BasePruner:
-    """A pruner from its name (``median``), from None (no pruning), or as Hydra already built it from its config."""
+    """A pruner from its name (``median``, with its config's defaults), from None (no pruning), or as Hydra built it."""
     import optuna
+    from hydra.utils import instantiate
+
+    from hydra_plugins.mlplab_optuna_sweeper.config import PRUNERS
 
     if spec is None:
         spec = "none"
     if isinstance(spec, str):
         if spec not in PRUNERS:
             raise ConfigError(f"hydra.sweeper.pruner={spec} is not a pruner; choose one of {', '.join(PRUNERS)}")
-        return getattr(optuna.pruners, PRUNERS[spec])()
+        return instantiate(PRUNERS[spec])
     if not isinstance(spec, optuna.pruners.BasePruner):
         raise ConfigError(f"hydra.sweeper.pruner must name a pruner ({', '.join(PRUNERS)}), not {spec!r}")
     return spec

@@ -40,7 +40,7 @@ class MedianPrunerConf:
     """Stop a trial whose metric at step n is worse than the median of earlier trials at step n."""
 
     _target_: str = "optuna.pruners.MedianPruner"
-    n_startup_trials: int = 5       # trials that finish before any is pruned
+    n_startup_trials: int = 3       # trials that finish before any is pruned (Optuna's 5: docs/benchmarks.md)
     n_warmup_steps: int = 0         # epochs every trial runs before it can be pruned
     interval_steps: int = 1
     n_min_trials: int = 1
@@ -64,6 +64,11 @@ class SuccessiveHalvingPrunerConf:
     min_early_stopping_rate: int = 0
 
 
+# hydra/sweeper/pruner=<name> and the short form hydra.sweeper.pruner=<name> build these, with the same defaults
+PRUNERS = {"none": NopPrunerConf, "median": MedianPrunerConf, "hyperband": HyperbandPrunerConf,
+           "successive_halving": SuccessiveHalvingPrunerConf}
+
+
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.mlplab_optuna_sweeper.sweeper.OptunaSweeper"
@@ -84,6 +89,5 @@ store = ConfigStore.instance()
 store.store(group="hydra/sweeper", name="mlplab_optuna", node=OptunaSweeperConf, provider="mlplab")
 for name, node in (("tpe", TPESamplerConf), ("random", RandomSamplerConf)):
     store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="mlplab")
-for name, node in (("none", NopPrunerConf), ("median", MedianPrunerConf), ("hyperband", HyperbandPrunerConf),
-                   ("successive_halving", SuccessiveHalvingPrunerConf)):
+for name, node in PRUNERS.items():
     store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="mlplab")
