@@ -19,6 +19,8 @@ import optuna
 from optuna.pruners import HyperbandPruner, MedianPruner, SuccessiveHalvingPruner
 from optuna.trial import TrialState
 
+from mlplab.studies import open_storage
+
 JOB_FIXED_S = 1.5  # a job's cost besides its epochs (building it, reading the data): docs/benchmarks.md
 CANDIDATES = {
     "median, 5 start-up trials (Optuna's default)": lambda: MedianPruner(n_startup_trials=5),
@@ -34,8 +36,7 @@ CANDIDATES = {
 
 def recorded_trials(sweep_dir: Path) -> list[tuple[dict[int, float], float, float]]:
     """(val/acc by epoch, job wall time, final value) of each trial of an unpruned sweep, in trial order."""
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep_dir / "optuna.journal")))
-    study = optuna.load_study(study_name="mlp", storage=storage)  # hparams_search=mlp_optuna's study_name
+    study = optuna.load_study(study_name="mlp", storage=open_storage(str(sweep_dir / "optuna.journal")))
     trials = []
     for trial in sorted(study.trials, key=lambda t: t.number):
         if trial.state != TrialState.COMPLETE:
@@ -47,7 +48,8 @@ def recorded_trials(sweep_dir: Path) -> list[tuple[dict[int, float], float, floa
 
 def replay(trials: list[tuple[dict[int, float], float, float]], pruner: optuna.pruners.BasePruner) -> tuple[int, float, float]:
     """Epochs trained, estimated share of the unpruned wall time, best completed value."""
-    study = optuna.create_study(direction="maximize", pruner=pruner)
+    # a fixed name: Hyperband assigns trials to brackets by hashing it, so each call replays the same way
+    study = optuna.create_study(study_name="replay", direction="maximize", pruner=pruner)
     epochs, seconds, best = 0, 0.0, float("-inf")
     for curve, wall, value in trials:
         per_epoch = (wall - JOB_FIXED_S) / len(curve)

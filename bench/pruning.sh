@@ -32,8 +32,9 @@ status = {p.parent: json.loads(p.read_text()) for p in sweep.glob("*/job.json")}
 done = [json.loads((job / "metrics.json").read_text()) for job, s in status.items() if s["status"] == "ok"]
 pruned = sum(s["status"] == "pruned" for s in status.values())
 best = max(done, key=lambda m: m["val/acc"])
-storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(sweep / "optuna.journal")))
-epochs = sum(len(t.intermediate_values) for t in optuna.load_study(study_name="mlp", storage=storage).trials)
+from mlplab.studies import open_storage
+study = optuna.load_study(study_name="mlp", storage=open_storage(str(sweep / "optuna.journal")))
+epochs = sum(len(t.intermediate_values) for t in study.trials)  # pruned trials' epochs too
 wall = end - start
 (sweep / "bench.json").write_text(json.dumps({"wall_s": wall, "best_val_acc": best["val/acc"]}))
 base = json.loads((unpruned / "bench.json").read_text()) if (unpruned / "bench.json").is_file() else None
