@@ -8,11 +8,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from lightning.pytorch.plugins.environments import LightningEnvironment
 from lightning.pytorch.strategies.launchers.subprocess_script import _SubprocessScriptLauncher
 
 from conftest import ROOT
+from mlplab.faults import lost_workers
 
 DDP = ["debug=fast", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_epochs=100",
        "data.batch_size=8", "model.hidden_dims=[8]", "scheduler=none", "callbacks.early_stopping=null"]
@@ -43,3 +45,12 @@ def test_the_launchers_record_of_worker_processes_is_still_there():
     """mlplab.faults.worker_processes reads Lightning's private ``procs``: this fails loudly if Lightning renames it."""
     launcher = _SubprocessScriptLauncher(LightningEnvironment(), num_processes=2, num_nodes=1)
     assert launcher.procs == []
+
+
+def test_a_worker_still_dying_when_the_error_arrives_is_named():
+    """A SIGKILLed peer's sockets close before the kernel reaps it, so rank 0 can hear of it first (a CI flake)."""
+    dying = subprocess.Popen(["sh", "-c", "sleep 0.3; kill -9 $$"])
+    trainer = SimpleNamespace(strategy=SimpleNamespace(launcher=SimpleNamespace(procs=[dying])), node_rank=0,
+                              num_devices=2, global_rank=0, current_epoch=3, global_step=40, checkpoint_callbacks=[])
+    error = lost_workers(trainer, RuntimeError("[gloo] Connection closed by peer"))
+    assert f"lost a worker: rank 1 (PID {dying.pid}) ended by signal 9; rank 0 stopped at epoch 3, step 40" in str(error)

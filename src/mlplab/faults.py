@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -146,8 +147,12 @@ def lost_workers(trainer: L.Trainer, error: BaseException, timeout_s: float | No
     """The error a failed collective becomes: which rank was lost and how, what was kept. Workers still there
     (stopped, or stuck elsewhere) are killed, so nothing is left running."""
     waited = f"{timeout_s:g} s (trainer.strategy.timeout.seconds)" if timeout_s else "the process group's timeout"
+    # A killed peer's sockets close before the kernel reaps it, so the error can arrive first: give it a moment.
+    procs, grace = worker_processes(trainer), time.monotonic() + 2
+    while procs and time.monotonic() < grace and all(p.poll() is None and process_state(p.pid) != "T" for p in procs):
+        time.sleep(0.05)
     lost = []
-    for local_rank, proc in enumerate(worker_processes(trainer), start=1):
+    for local_rank, proc in enumerate(procs, start=1):
         code, state = proc.poll(), process_state(proc.pid)
         if code is not None:
             how = f"ended by signal {-code}" if code < 0 else f"exited with status {code}"
@@ -156,7 +161,7 @@ def lost_workers(trainer: L.Trainer, error: BaseException, timeout_s: float | No
         else:
             continue
         lost.append(f"rank {trainer.node_rank * trainer.num_devices + local_rank} (PID {proc.pid}) {how}")
-    for proc in worker_processes(trainer):
+    for proc in procs:
         if proc.poll() is None:
             proc.kill()
     if trainer.global_rank != 0:
