@@ -189,6 +189,27 @@ def test_a_job_finds_its_trial_by_number_in_the_storage(tmp_path):
     assert study.trials[1].intermediate_values == {1: 0.5} and not study.trials[0].intermediate_values
 
 
+@pytest.mark.parametrize(
+    ("storage", "reason"),
+    [
+        ("sqlite:///{tmp}/no/such/folder/optuna.db", "OperationalError: (sqlite3.OperationalError) unable to open database file"),
+        ("notadialect://host/db", "NoSuchModuleError: Can't load plugin: sqlalchemy.dialects:notadialect"),
+        ("{tmp}/a_folder", "IsADirectoryError: "),
+        ("{tmp}/a_file/optuna.journal", "FileExistsError: "),
+    ],
+)
+def test_a_storage_that_cannot_be_opened_is_one_line_naming_it(tmp_path, storage, reason):
+    (tmp_path / "a_folder").mkdir()
+    (tmp_path / "a_file").write_text("")
+    storage = storage.format(tmp=tmp_path)
+    with pytest.raises(ConfigError) as refused:
+        open_storage(storage)
+    message = str(refused.value)
+    assert message.startswith(f"hydra.sweeper.storage={storage} cannot be opened ({reason}") and "\n" not in message
+    assert message.endswith("use a journal file in a folder you can write, or an RDB URL whose database and driver "
+                            "are there (sqlite:///optuna.db)")
+
+
 def test_the_study_report_counts_pruned_trials_and_gives_importances_once_enough_completed(tmp_path):
     sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
                             n_trials=5, n_jobs=1, params=None, importance_min_trials=4)

@@ -26,14 +26,22 @@ def is_rdb_url(storage: str) -> bool:
 
 
 def open_storage(storage: str) -> optuna.storages.BaseStorage:
-    """The storage a string names: an RDB URL, else a journal file (its folder is created)."""
+    """The storage a string names: an RDB URL, else a journal file (its folder is created). One that cannot be
+    opened (no driver for the URL, no such database, a folder that cannot be written) is a ConfigError."""
     import optuna
+    from sqlalchemy.exc import SQLAlchemyError
 
-    if is_rdb_url(storage):
-        return optuna.storages.RDBStorage(storage)
-    path = Path(storage).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    try:
+        if is_rdb_url(storage):
+            return optuna.storages.RDBStorage(storage)
+        path = Path(storage).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    except (ImportError, OSError, ValueError, SQLAlchemyError) as err:
+        reason = " ".join(str(err).split("(Background on this error")[0].split())
+        raise ConfigError(f"hydra.sweeper.storage={storage} cannot be opened ({type(err).__name__}: {reason}); use a "
+                          "journal file in a folder you can write, or an RDB URL whose database and driver are "
+                          "there (sqlite:///optuna.db)") from err
 
 
 def build_pruner(spec: Any) -> optuna.pruners.BasePruner:
