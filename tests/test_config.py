@@ -8,7 +8,7 @@ import torch
 from hydra.utils import instantiate
 
 from conftest import CONF_DIR, compose_config
-from mlplab.config import parsed_override, refuse_unknown_overrides
+from mlplab.config import hydra_group_options, parsed_override, refuse_unknown_overrides
 from mlplab.pipeline import build_datamodule, build_module, build_trainer
 from mlplab.rules import lightning_precisions
 
@@ -166,9 +166,51 @@ def test_existing_and_added_keys_pass(caplog):
     assert not caplog.records
 
 
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["hydra/launcher=jobli"], "hydra/launcher=jobli is not an option; choose one of basic, joblib, slurm, submitit_local, submitit_slurm"),
+        (["hparams_search=mlp_optuna", "hydra/sweeper/pruner=medain"],
+         "hydra/sweeper/pruner=medain is not an option; choose one of hyperband, median, none, successive_halving"),
+        (["hparams_search=mlp_optuna", "hydra.sweeper.n_trial=3"], "hydra.sweeper.n_trial is not a setting: hydra.sweeper "
+         "has _target_, sampler, pruner, direction, study_name, storage, n_trials, n_jobs, params, importance_min_trials, "
+         "trial; did you mean hydra.sweeper.n_trials?"),
+        (["hparams_search=mlp_optuna", "hydra.sweeper.sampler.seed=abc"],
+         "hydra.sweeper.sampler.seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),
+        (["hydra/launcher=joblib", "hydra.launcher.n_jobs=two"],
+         "hydra.launcher.n_jobs=two: Value 'two' of type 'str' could not be converted to Integer"),
+        (["hydra.job.chdir=maybe"], "hydra.job.chdir=maybe: Value 'maybe' is not a valid bool (type str)"),
+        (["hydra.job.env_set.OMP=1"], "hydra.job.env_set has no keys; to add a new key: +hydra.job.env_set.OMP=1"),
+        (["hparams_search=mlp_optuna", "hydra.sweeper.params.optimizer.lr=interval(1e-4,1e-2)"],
+         "hydra.sweeper.params.optimizer.lr=interval(1e-4,1e-2) cannot be swept: give the search space on the command "
+         "line as optimizer.lr=interval(1e-4,1e-2), or under hydra.sweeper.params in a conf/hparams_search file"),
+        (["hparams_search=mlp_optuna", "hydra.sweeper.params.optimizer.lr='tag(log,interval(1e-4,1e-2))'"],
+         "give the search space on the command line as optimizer.lr=tag(log,interval(1e-4,1e-2))"),
+        (["-m", "hydra.job.chdir=true,false"], "hydra.job.chdir=true,false cannot be swept: Hydra's own settings take one value"),
+    ],
+)
+def test_a_bad_hydra_setting_is_one_line_where_hydra_prints_a_paragraph(overrides, message, caplog):
+    with pytest.raises(SystemExit) as stopped:
+        refuse_unknown_overrides(CONF_DIR, "train", overrides)
+    assert stopped.value.code == 1
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("error: ") and message in line
+
+
+def test_hydra_settings_hydra_takes_pass(caplog):
+    refuse_unknown_overrides(CONF_DIR, "train", [
+        "-m", "hparams_search=mlp_optuna", "hydra/sweeper/pruner=hyperband", "hydra.sweeper.pruner.reduction_factor=2",
+        "hydra.sweeper.n_trials=3", "hydra.sweeper.storage=sqlite:///x.db", "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2", "+hydra.job.env_set.OMP_NUM_THREADS=1", "hydra.sweeper.pruner=median",
+        "+hydra.sweeper.params.seed='choice(1,2)'",
+    ])
+    assert not caplog.records
+
+
 def test_the_private_library_names_mlplab_relies_on_are_still_there():
     """Each private use is isolated in one function; this fails loudly when a library moves or changes one."""
     assert parsed_override("optimizer.lr=1e-3,2e-3").key_or_group == "optimizer.lr"  # Hydra's OverridesParser
+    assert {"basic", "joblib"} <= set(hydra_group_options(CONF_DIR, "hydra/launcher"))  # Hydra's config loader
     assert list(parsed_override("optimizer.lr=1e-3,2e-3").sweep_iterator()) == [1e-3, 2e-3]
     assert {"auto", "32-true", "bf16-mixed", "16-mixed", "64-true"} <= set(lightning_precisions())  # Lightning's aliases
     assert callable(torch.cpu._is_avx512_bf16_supported) and callable(torch.cpu._is_amx_tile_supported)  # fastest_precision

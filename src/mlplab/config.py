@@ -10,7 +10,8 @@ multirun, :func:`validate_sweep` checks every swept value (and a search space) b
 ``mlplab.pipeline.train`` validates again, for each job (swept groups, related keys) and in-process callers.
 
 Every problem found is reported, on one line: ``key=value must be <what is allowed>``. Unknown options
-(``optimizer=adamx``, ``optimizer.lrr=1``) too (:func:`refuse_unknown_overrides`), where Hydra takes several.
+(``optimizer=adamx``, ``optimizer.lrr=1``, ``hydra/launcher=jobli``, ``hydra.sweeper.n_trial=5``) too
+(:func:`refuse_unknown_overrides`), where Hydra takes several.
 """
 
 from __future__ import annotations
@@ -205,7 +206,8 @@ class ValidateBeforeRun(Callback):
 def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides: Sequence[str]) -> None:
     """Overrides naming no ``conf/<group>/<option>.yaml`` (``optimizer=adamx``) or no existing key
     (``optimizer.lrr=1``): one line saying what is allowed, exit 1, before ``hydra.main`` composes anything.
-    Groups from plugins (``hydra/launcher=joblib``), ``hydra.*`` keys and ``+`` keys are left to Hydra."""
+    Hydra's own groups and keys (``hydra/launcher=jobli``, ``hydra.sweeper.n_trial=5``) too, once Hydra refuses
+    them; ``+`` keys are left to Hydra."""
     config_dirs = [Path(config_dir).resolve(), *extra_config_dirs(overrides)]
     refuse_broken_config_files(config_dirs)
     parsed = []
@@ -217,6 +219,7 @@ def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides
         except Exception:  # a syntax error: Hydra says where
             continue
     config_dir = Path(config_dir).resolve()
+    hydra_overrides = [o for o in parsed if o.key_or_group.startswith("hydra")]
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
     is_group = lambda o: (config_dir / o.key_or_group).is_dir()  # noqa: E731
     for override in parsed:
@@ -229,6 +232,8 @@ def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides
     keys = [o for o in parsed if not (is_group(o) or o.is_add() or o.is_force_add() or o.is_delete())]
     if keys:
         refuse_unknown_keys(config_dir, config_name, [o for o in parsed if is_group(o)], keys)
+    if hydra_overrides:
+        refuse_bad_hydra_overrides(config_dir, config_name, [o for o in parsed if is_group(o)], hydra_overrides)
 
 
 def refuse_broken_config_files(config_dirs: Sequence[Path]) -> None:
@@ -265,36 +270,106 @@ def choice_text(value: Any) -> str:
     return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
 
 
-def refuse_unknown_keys(config_dir: Path, config_name: str, groups: list[Any], keys: list[Any]) -> None:
-    """Compose the config the groups choose (the first option of a swept group), then look up every key."""
+def group_choices(groups: list[Any]) -> list[str]:
+    """The overrides choosing ``groups``' options, a swept group's first (one composition stands for the sweep)."""
+    return [f"{'+' if o.is_add() else ''}{o.key_or_group}={choice_text(swept_values(o)[0])}" for o in groups
+            if o.value() is not None]
+
+
+def composed_tree(config_dir: Path, config_name: str, overrides: list[str], with_hydra: bool = False) -> dict:
+    """The config as stored (``???`` and ``${hydra:...}`` unresolved); raises what stops the composition."""
     from hydra import compose, initialize_config_dir
 
-    choices = [f"{'+' if o.is_add() else ''}{o.key_or_group}={choice_text(swept_values(o)[0])}" for o in groups
-               if o.value() is not None]
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
+    return OmegaConf.to_container(cfg, resolve=False)
+
+
+def refuse_unknown_keys(config_dir: Path, config_name: str, groups: list[Any], keys: list[Any]) -> None:
+    """Compose the config the groups choose, then look up every key."""
     try:
-        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=choices)
+        tree = composed_tree(config_dir, config_name, group_choices(groups))
     except Exception:  # whatever stops this composition stops Hydra's too, which reports it
         return
-    tree = OmegaConf.to_container(cfg, resolve=False)  # as stored: `???` and ${hydra:...} need no resolving
     for override in keys:
-        key, node = override.key_or_group, tree
-        for depth, part in enumerate(key.split(".")):
-            if isinstance(node, dict) and part in node:
-                node = node[part]
-            elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
+        if unknown := unknown_key(tree, override):
+            exit_with(ConfigError(unknown))
+
+
+def unknown_key(tree: dict, override: Any) -> str | None:
+    """Why ``override``'s key is not in ``tree``, with the closest key there, or None where it is."""
+    key, node = override.key_or_group, tree
+    for depth, part in enumerate(key.split(".")):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            parent = ".".join(key.split(".")[:depth])
+            if isinstance(node, dict):
+                known = f"{parent or 'the top level'} has {', '.join(map(str, node)) or 'no keys'}"
+            elif isinstance(node, list):
+                known = f"{parent} is a list of {len(node)}"
             else:
-                parent = ".".join(key.split(".")[:depth])
-                if isinstance(node, dict):
-                    known = f"{parent or 'the top level'} has {', '.join(map(str, node))}"
-                elif isinstance(node, list):
-                    known = f"{parent} is a list of {len(node)}"
-                else:
-                    known = f"{parent} is a single value"
-                close = get_close_matches(key, list(dotted_keys(tree)), n=1)
-                hint = f"did you mean {close[0]}?" if close else f"to add a new key: +{override.input_line}"
-                exit_with(ConfigError(f"{key} is not a setting: {known}; {hint}"))
+                known = f"{parent} is a single value"
+            close = [k for k in get_close_matches(key, list(dotted_keys(tree)), n=3) if not key.startswith(f"{k}.")]
+            close = close if node != {} else []  # an empty dict (hydra.job.env_set) takes new keys with +
+            hint = f"did you mean {close[0]}?" if close else f"to add a new key: +{override.input_line}"
+            return f"{key} is not a setting: {known}; {hint}"
+    return None
+
+
+def refuse_bad_hydra_overrides(config_dir: Path, config_name: str, groups: list[Any], hydra_overrides: list[Any]) -> None:
+    """``hydra/launcher=jobli``, ``hydra.sweeper.n_trial=5``, ``hydra.sweeper.sampler.seed=abc``, a sweep of a Hydra
+    setting: one line, where Hydra prints a paragraph. What composes with Hydra's own node passes untouched."""
+    hydra_groups = [o for o in hydra_overrides if o.key_or_group.startswith("hydra/")]
+    hydra_keys = [o for o in hydra_overrides if o not in hydra_groups]
+    for override in (o for o in hydra_keys if o.is_sweep_override()):
+        exit_with(ConfigError(f"{override.input_line} cannot be swept: {search_space_hint(override)}"))
+    choices = group_choices(groups)
+    try:
+        composed_tree(config_dir, config_name, choices + [o.input_line for o in hydra_overrides], with_hydra=True)
+        return
+    except Exception:
+        pass
+    for override in hydra_groups:
+        options = hydra_group_options(config_dir, override.key_or_group)
+        for option in swept_values(override):
+            if str(option) not in options:
+                exit_with(ConfigError(f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"))
+    choices += [o.input_line for o in hydra_groups]
+    try:
+        tree = composed_tree(config_dir, config_name, choices, with_hydra=True)
+    except Exception:
+        return
+    for override in hydra_keys:
+        try:
+            composed_tree(config_dir, config_name, [*choices, override.input_line], with_hydra=True)
+        except Exception as err:
+            reason = " ".join(str(err.__cause__ or err).strip().splitlines()[0].split())
+            if override.key_or_group.startswith("hydra.sweeper.params."):  # its keys hold dots: optimizer.lr
+                exit_with(ConfigError(f"{override.input_line}: {search_space_hint(override)}"))
+            exit_with(ConfigError(unknown_key(tree, override) or f"{override.input_line}: {reason}"))
+
+
+def hydra_group_options(config_dir: Path, group: str) -> list[str]:
+    """The options of a group, plugins' included (``hydra/launcher``: basic, joblib, ...). Hydra's config loader
+    is reached through ``GlobalHydra``, used here alone; tests/test_config.py fails loudly if Hydra changes it."""
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        return GlobalHydra.instance().config_loader().get_group_options(group)
+
+
+def search_space_hint(override: Any) -> str:
+    """How a search-space entry or a Hydra setting is given on the command line instead."""
+    key, value = override.key_or_group, override.input_line.split("=", 1)[1].strip("\"'")
+    searched = key.removeprefix("hydra.sweeper.params.")
+    if searched == key:
+        return "Hydra's own settings take one value"
+    return (f"give the search space on the command line as {searched}={value}, or under "
+            "hydra.sweeper.params in a conf/hparams_search file")
 
 
 def dotted_keys(node: Any, prefix: str = "") -> Iterator[str]:
