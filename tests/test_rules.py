@@ -7,6 +7,7 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from conftest import CONF_DIR, compose_config
+from hydra_plugins.mlplab_optuna_sweeper.config import PRUNERS, SAMPLERS
 from mlplab.augment import BatchAugment
 from mlplab.config import validate, validate_sweep
 from mlplab.data import MNISTDataModule
@@ -17,8 +18,9 @@ from mlplab.rules import rule_for
 
 ENTRY_POINTS = {
     "train": [[f"{group}={option}"] for group in ("optimizer", "scheduler", "trainer", "logger")
-              for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))] + [["hparams_search=mlp_optuna", f"hydra/sweeper/pruner={pruner}"]
-                                                                 for pruner in ("none", "median", "hyperband", "successive_halving")]
+              for option in sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))]
+             + [["hparams_search=mlp_optuna", f"hydra/sweeper/pruner={pruner}"] for pruner in PRUNERS]
+             + [["hparams_search=mlp_optuna", f"hydra/sweeper/sampler={sampler}"] for sampler in SAMPLERS]
              + [["debug=fast"], ["data=fashion_mnist"], ["data=kmnist"], ["data=image_folder", "data.root=x"], ["data=csv", "data.path=x"]],
     "finetune": [[]], "eval": [[], ["data=mnist"]], "predict": [[]], "export": [[]], "lr_find": [[]],
 }

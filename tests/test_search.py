@@ -19,6 +19,8 @@ from optuna.trial import TrialState
 
 from conftest import ROOT, compose_config, run_script
 from test_sweeps import job_files, read_csv, sweep
+from hydra.utils import instantiate
+from hydra_plugins.mlplab_optuna_sweeper.config import PRUNERS, SAMPLERS
 from hydra_plugins.mlplab_optuna_sweeper.sweeper import NOT_COUNTED, OWNER, OptunaSweeper, SearchSpace
 from mlplab.errors import ConfigError
 from mlplab.studies import open_storage, trial_by_number
@@ -236,11 +238,35 @@ def test_the_study_report_counts_pruned_trials_and_gives_importances_once_enough
     assert (tmp_path / "best_overrides.txt").read_text().startswith("trainer.max_epochs=1\noptimizer.lr=")
 
 
-@pytest.mark.parametrize("name", ["none", "median", "hyperband", "successive_halving"])
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_every_sampler_searches_the_default_space_and_its_seed_repeats_it(name, tmp_path):
+    """`hydra/sweeper/sampler=<name>` with the search config as it is: the sampler is built with the run's seed,
+    proposes values inside the space (the categorical hidden_dims too), and the same seed proposes the same."""
+    def proposals(study_dir: Path) -> list[dict]:
+        cfg = compose_config("train", ["hparams_search=mlp_optuna", f"hydra/sweeper/sampler={name}", "seed=3",
+                                       f"hydra.sweep.dir={study_dir}"], with_hydra=True)
+        sweeper = instantiate(cfg.hydra.sweeper)
+        sweeper.config, sweeper.sweep_dir = cfg, study_dir
+        space, _ = sweeper.search_space([])
+        study = sweeper.open_study()
+        trials = []
+        for value in (0.5, 0.7, 0.6, 0.8, 0.4, 0.9):  # past the start-up trials of gp and tpe
+            trial = sweeper.ask(study, space)
+            study.tell(trial, value)
+            trials.append(trial.params)
+        return trials
+
+    first = proposals(tmp_path / "a")
+    assert first == proposals(tmp_path / "b")
+    assert len({str(params) for params in first}) == len(first)
+    for params in first:
+        assert 3e-4 <= params["optimizer.lr"] <= 1e-2 and 0 <= params["model.dropout"] <= 0.4
+        assert params["model.hidden_dims"] in ("[256]", "[512]", "[512,256]", "[1024,512]", "[1024,1024]", "[512,256,128]", "[1024,512,256]")
+
+
+@pytest.mark.parametrize("name", list(PRUNERS))
 def test_a_pruner_named_in_short_is_the_one_its_config_group_builds(name):
     """`hydra.sweeper.pruner=<name>` and `hydra/sweeper/pruner=<name>` must prune alike: one set of defaults."""
-    from hydra.utils import instantiate
-
     from mlplab.studies import build_pruner
 
     cfg = compose_config("train", ["hparams_search=mlp_optuna", f"hydra/sweeper/pruner={name}"], with_hydra=True)

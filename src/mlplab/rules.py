@@ -123,6 +123,7 @@ def datasets() -> list[str]:
 positive = number(lambda v: v > 0, "a number > 0")
 non_negative = number(lambda v: v >= 0, "a number >= 0")
 fraction = number(lambda v: 0 <= v < 1, "a number in [0, 1)")
+probability = number(lambda v: 0 <= v <= 1, "a probability in [0, 1]")
 count = integer(lambda v: v >= 1, "an integer >= 1")
 non_negative_integer = integer(lambda v: v >= 0, "an integer >= 0")
 boolean: Rule = (lambda value: isinstance(value, bool), "true or false")
@@ -189,10 +190,10 @@ RULES: dict[str, Rule] = {
     "data.augment.translate": number(lambda v: 0 <= v < 1, "a number in [0, 1) (a fraction of the image size)"),
     "data.augment.degrees": number(lambda v: 0 <= v <= 180, "a number of degrees in [0, 180]"),
     "data.augment.scale": fraction,
-    "data.augment.hflip": number(lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "data.augment.hflip": probability,
     "data.augment.elastic_alpha": number(lambda v: v >= 0, "a number >= 0 (pixels; 0 = off)"),
     "data.augment.elastic_sigma": number(lambda v: v > 0, "a number > 0 (pixels)"),
-    "data.augment.erasing": number(lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "data.augment.erasing": probability,
     "data.augment.erasing_scale": (lambda v: list_of(number(lambda f: 0 < f <= 1, ""), "", exact_length=2)[0](v) and v[0] <= v[1],
                                    "[low, high] area fractions with 0 < low <= high <= 1"),
     "*.samples_per_class": or_null(count, "for all"),
@@ -327,6 +328,14 @@ RULES: dict[str, Rule] = {
     "hydra.sweeper.sampler.multivariate": or_null(boolean, "for Optuna's default"),
     "hydra.sweeper.sampler.warn_independent_sampling": boolean,
     "hydra.sweeper.sampler.constant_liar": boolean,
+    "hydra.sweeper.sampler.deterministic_objective": boolean,
+    "hydra.sweeper.sampler.sigma0": or_null(positive, "for a sixth of the space's width"),
+    "hydra.sweeper.sampler.qmc_type": one_of(("sobol", "halton")),
+    "hydra.sweeper.sampler.scramble": boolean,
+    "hydra.sweeper.sampler.population_size": integer(lambda v: v >= 2, "an integer >= 2"),
+    "hydra.sweeper.sampler.mutation_prob": or_null(probability, "for 1/(keys searched)"),
+    "hydra.sweeper.sampler.crossover_prob": probability,
+    "hydra.sweeper.sampler.swapping_prob": probability,
     "hydra.sweeper.importance_min_trials": count,
     "hydra.sweeper.trial": or_null(non_negative_integer, "outside a search (the sweeper sets it per job)"),
     "hydra.sweeper.pruner": or_null(pruner, "for none"),

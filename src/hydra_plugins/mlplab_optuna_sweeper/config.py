@@ -1,5 +1,5 @@
 """The sweeper's configs, registered in Hydra's ConfigStore: ``hydra/sweeper=mlplab_optuna`` with its
-``hydra/sweeper/sampler`` (tpe, random) and ``hydra/sweeper/pruner`` (none, median, hyperband, successive_halving).
+``hydra/sweeper/sampler`` (tpe, random, gp, cmaes, qmc, nsgaii) and ``hydra/sweeper/pruner`` (none, median, hyperband, successive_halving).
 
 The keys are those of Hydra's own Optuna sweeper (hydra-optuna-sweeper, which needs optuna < 3): sampler,
 direction, study_name, storage, n_trials, n_jobs, params, and its sampler group, so that a search config
@@ -16,9 +16,11 @@ from hydra.core.config_store import ConfigStore
 
 @dataclass
 class TPESamplerConf:
+    """Tree-structured Parzen estimators: Optuna's default, at home with categorical choices."""
+
     _target_: str = "optuna.samplers.TPESampler"
     seed: Optional[int] = None
-    n_startup_trials: int = 10      # random trials before TPE models the results
+    n_startup_trials: int = 5       # random trials before TPE models the results (Optuna's 10: half of a 20-trial search)
     n_ei_candidates: int = 24
     multivariate: Optional[bool] = None
     constant_liar: bool = True      # trials still running count as bad guesses: parallel workers spread out
@@ -28,6 +30,53 @@ class TPESamplerConf:
 class RandomSamplerConf:
     _target_: str = "optuna.samplers.RandomSampler"
     seed: Optional[int] = None
+
+
+@dataclass
+class GPSamplerConf:
+    """Bayesian optimization with a Gaussian process: the most from few trials; each suggestion costs more."""
+
+    _target_: str = "optuna.samplers.GPSampler"
+    seed: Optional[int] = None
+    n_startup_trials: int = 5
+    deterministic_objective: bool = False   # true only if a trial's value has no noise (not so with a seeded run)
+
+
+@dataclass
+class CmaEsSamplerConf:
+    """CMA-ES over the numeric keys; categorical ones (hidden_dims) are sampled at random."""
+
+    _target_: str = "optuna.samplers.CmaEsSampler"
+    seed: Optional[int] = None
+    n_startup_trials: int = 1
+    sigma0: Optional[float] = None
+    warn_independent_sampling: bool = False  # else a warning per trial for every categorical key
+
+
+@dataclass
+class QMCSamplerConf:
+    """Quasi-random points (Sobol or Halton): an even cover of the space, no model."""
+
+    _target_: str = "optuna.samplers.QMCSampler"
+    seed: Optional[int] = None
+    qmc_type: str = "sobol"
+    scramble: bool = False
+
+
+@dataclass
+class NSGAIISamplerConf:
+    """A genetic algorithm; generations of population_size trials."""
+
+    _target_: str = "optuna.samplers.NSGAIISampler"
+    seed: Optional[int] = None
+    population_size: int = 50
+    mutation_prob: Optional[float] = None
+    crossover_prob: float = 0.9
+    swapping_prob: float = 0.5
+
+
+SAMPLERS = {"tpe": TPESamplerConf, "random": RandomSamplerConf, "gp": GPSamplerConf, "cmaes": CmaEsSamplerConf,
+            "qmc": QMCSamplerConf, "nsgaii": NSGAIISamplerConf}
 
 
 @dataclass
@@ -87,7 +136,7 @@ class OptunaSweeperConf:
 
 store = ConfigStore.instance()
 store.store(group="hydra/sweeper", name="mlplab_optuna", node=OptunaSweeperConf, provider="mlplab")
-for name, node in (("tpe", TPESamplerConf), ("random", RandomSamplerConf)):
+for name, node in SAMPLERS.items():
     store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="mlplab")
 for name, node in PRUNERS.items():
     store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="mlplab")

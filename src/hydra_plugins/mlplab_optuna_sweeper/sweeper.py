@@ -212,7 +212,12 @@ class OptunaSweeper(Sweeper):
         seed = sampler_cfg.get("seed")
         if seed is not None and name in existing:
             seed += existing[name].n_trials  # a command joining or resuming a study samples values of its own
-        sampler = instantiate(sampler_cfg, **({"seed": seed} if "seed" in sampler_cfg else {}))
+        try:
+            sampler = instantiate(sampler_cfg, **({"seed": seed} if "seed" in sampler_cfg else {}))
+        except Exception as err:  # a sampler's own package missing (gp, qmc: scipy; cmaes: cmaes), a bad argument
+            reason = " ".join(str(err.__cause__ or err).split())
+            raise ConfigError(f"hydra.sweeper.sampler ({sampler_cfg._target_}) cannot be built: {reason}; "
+                              "pip install -e '.[sweep]' installs every sampler's packages") from err
         study = optuna.create_study(study_name=name, storage=self.storage_handle, sampler=sampler,
                                     pruner=build_pruner(self.pruner), direction=self.direction, load_if_exists=True)
         if study.direction.name.lower() != self.direction:
