@@ -137,6 +137,21 @@ def test_two_commands_share_one_study_without_repeating_a_trial(resumed):
     assert "4 trials: 4 complete" in (first / "summary.md").read_text() + (other / "summary.md").read_text()
 
 
+def test_two_commands_giving_back_one_abandoned_trial_queue_it_once(tmp_path):
+    """Both commands resuming a killed search find its running trial: one fails and requeues it, the other lets be."""
+    journal = str(tmp_path / "optuna.journal")
+    study = optuna.create_study(study_name="mlp", storage=open_storage(journal), direction="maximize")
+    abandoned = study.ask({"model.dropout": optuna.distributions.FloatDistribution(0.0, 0.4)})
+    for _ in range(2):
+        command = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name="mlp", storage=journal,
+                                n_trials=2, n_jobs=1, params=None)
+        command.sweep_dir, command.storage_handle = tmp_path, open_storage(journal)
+        command.give_back(load(journal), abandoned.number, abandoned.params, "left running by a killed command")
+    trials = load(journal).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs[NOT_COUNTED] == "left running by a killed command" and trials[1].user_attrs == {"retry_of": 0}
+
+
 # --- the search space is checked before any trial -----------------------------------------------------------------
 
 

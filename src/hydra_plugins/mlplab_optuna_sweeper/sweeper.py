@@ -291,9 +291,15 @@ class OptunaSweeper(Sweeper):
         return sum(t.state != TrialState.WAITING and NOT_COUNTED not in t.user_attrs for t in study.get_trials(deepcopy=False))
 
     def give_back(self, study: Any, number: int, params: dict[str, Any], reason: str) -> None:
-        """Fail a trial that did not run to its end, out of the count, and queue its values to be asked again."""
-        trial_by_number(study, self.storage_handle, number).set_user_attr(NOT_COUNTED, reason)
-        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+        """Fail a trial that did not run to its end, out of the count, and queue its values to be asked again.
+
+        Two commands resuming one study find the same abandoned trial: the storage lets one of them fail it (a
+        finished trial cannot be updated), and only that one queues it again."""
+        try:
+            trial_by_number(study, self.storage_handle, number).set_user_attr(NOT_COUNTED, reason)
+            study.tell(number, state=TrialState.FAIL)
+        except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+            return
         study.enqueue_trial(params, user_attrs={"retry_of": number})
         log.warning("trial %d %s: queued to run again", number, reason)
         self.mark_retried(number, reason)
