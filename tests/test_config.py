@@ -209,6 +209,15 @@ def test_hydra_settings_hydra_takes_pass(caplog):
     assert not caplog.records
 
 
+def test_a_hydra_option_of_ones_own_config_dir_passes(tmp_path, caplog):
+    """`--config-dir mine hydra/launcher=cluster` with mine/hydra/launcher/cluster.yaml: an option like the others."""
+    (tmp_path / "hydra" / "launcher").mkdir(parents=True)
+    (tmp_path / "hydra" / "launcher" / "cluster.yaml").write_text("# @package hydra.launcher\n_target_: x.Launcher\n")
+    refuse_unknown_overrides(CONF_DIR, "train", ["--config-dir", str(tmp_path), "hydra/launcher=cluster"])
+    assert not caplog.records
+    assert "choose one of basic, cluster, joblib" in refusal("train", ["--config-dir", str(tmp_path), "hydra/launcher=clustr"], caplog)
+
+
 def test_the_private_library_names_mlplab_relies_on_are_still_there():
     """Each private use is isolated in one function; this fails loudly when a library moves or changes one."""
     assert parsed_override("optimizer.lr=1e-3,2e-3").key_or_group == "optimizer.lr"  # Hydra's OverridesParser

@@ -233,7 +233,7 @@ def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides
     if keys:
         refuse_unknown_keys(config_dir, config_name, [o for o in parsed if is_group(o)], keys)
     if hydra_overrides:
-        refuse_bad_hydra_overrides(config_dir, config_name, [o for o in parsed if is_group(o)], hydra_overrides)
+        refuse_bad_hydra_overrides(config_dirs, config_name, [o for o in parsed if is_group(o)], hydra_overrides)
 
 
 def refuse_broken_config_files(config_dirs: Sequence[Path]) -> None:
@@ -319,9 +319,12 @@ def unknown_key(tree: dict, override: Any) -> str | None:
     return None
 
 
-def refuse_bad_hydra_overrides(config_dir: Path, config_name: str, groups: list[Any], hydra_overrides: list[Any]) -> None:
+def refuse_bad_hydra_overrides(config_dirs: list[Path], config_name: str, groups: list[Any],
+                               hydra_overrides: list[Any]) -> None:
     """``hydra/launcher=jobli``, ``hydra.sweeper.n_trial=5``, ``hydra.sweeper.sampler.seed=abc``, a sweep of a Hydra
-    setting: one line, where Hydra prints a paragraph. What composes with Hydra's own node passes untouched."""
+    setting: one line, where Hydra prints a paragraph. What composes with Hydra's own node passes untouched, and an
+    option in a ``--config-dir`` folder counts."""
+    config_dir, *extra_dirs = config_dirs
     hydra_groups = [o for o in hydra_overrides if o.key_or_group.startswith("hydra/")]
     hydra_keys = [o for o in hydra_overrides if o not in hydra_groups]
     for override in (o for o in hydra_keys if o.is_sweep_override()):
@@ -333,10 +336,13 @@ def refuse_bad_hydra_overrides(config_dir: Path, config_name: str, groups: list[
     except Exception:
         pass
     for override in hydra_groups:
-        options = hydra_group_options(config_dir, override.key_or_group)
+        options = sorted({*hydra_group_options(config_dir, override.key_or_group),
+                          *(p.stem for folder in extra_dirs for p in (folder / override.key_or_group).glob("*.yaml"))})
         for option in swept_values(override):
             if str(option) not in options:
                 exit_with(ConfigError(f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"))
+    if extra_dirs:  # the compositions below cannot see those folders: Hydra judges the rest
+        return
     choices += [o.input_line for o in hydra_groups]
     try:
         tree = composed_tree(config_dir, config_name, choices, with_hydra=True)
