@@ -41,9 +41,9 @@ def measure(reader: str, path: Path) -> dict:
     import torch  # imported by every reader's process alike, so the baseline is comparable
 
     if reader == "mlplab":
-        from mlplab.csv_data import read_header, read_numbers
+        from mlplab.data.csv_data import read_header, read_numbers
     elif reader == "mlplab-datamodule":
-        from mlplab.csv_data import CSVDataModule
+        from mlplab.data.csv_data import CSVDataModule
     elif reader == "polars":
         import polars as pl
     elif reader == "pandas":

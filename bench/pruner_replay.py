@@ -19,7 +19,7 @@ import optuna
 from optuna.pruners import HyperbandPruner, MedianPruner, SuccessiveHalvingPruner
 from optuna.trial import TrialState
 
-from mlplab.studies import open_storage
+from mlplab.search.studies import open_storage
 
 JOB_FIXED_S = 1.5  # a job's cost besides its epochs (building it, reading the data): docs/benchmarks.md
 CANDIDATES = {

@@ -32,7 +32,7 @@ status = {p.parent: json.loads(p.read_text()) for p in sweep.glob("*/job.json")}
 done = [json.loads((job / "metrics.json").read_text()) for job, s in status.items() if s["status"] == "ok"]
 pruned = sum(s["status"] == "pruned" for s in status.values())
 best = max(done, key=lambda m: m["val/acc"])
-from mlplab.studies import open_storage
+from mlplab.search.studies import open_storage
 study = optuna.load_study(study_name="mlp", storage=open_storage(str(sweep / "optuna.journal")))
 epochs = sum(len(t.intermediate_values) for t in study.trials)  # pruned trials' epochs too
 wall = end - start

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import compose_config
 
-from mlplab.augment import BatchAugment
+from mlplab.data.augment import BatchAugment
 from mlplab.config import validate
 from mlplab.errors import ConfigError
 from mlplab.pipeline import train

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mlplab.data import MNISTDataModule, TensorLoader, load_split, sampler_order
+from mlplab.data.datamodule import MNISTDataModule, TensorLoader, load_split, sampler_order
 from torch.utils.data import DistributedSampler
 
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import compose_config, run_script
-from mlplab.augment import BatchAugment
-from mlplab.data import MNISTDataModule
+from mlplab.data.augment import BatchAugment
+from mlplab.data.datamodule import MNISTDataModule
 from mlplab.pipeline import build_datamodule, build_module, build_trainer
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import compose_config, run_script
-from mlplab.data import MNISTDataModule, load_split
+from mlplab.data.datamodule import MNISTDataModule, load_split
 from mlplab.errors import ConfigError, UserError
 from mlplab.finetune import finetune, hidden_layers, layer_freezing, pretrained_module
 from mlplab.models import MLP

@@ -22,12 +22,12 @@ from torch.utils.tensorboard import SummaryWriter
 
 from conftest import compose_config, run_script
 from mlplab.checkpoint_reader import load_trained
-from mlplab.data import load_split
+from mlplab.data.datamodule import load_split
 from mlplab.errors import DataError, UserError
 from mlplab.evaluation import evaluate
 from mlplab.export import export
 from mlplab.pipeline import train
-from mlplab.pictures import read_grayscale, to_model_input
+from mlplab.data.pictures import read_grayscale, to_model_input
 from mlplab.prediction import predict
 from mlplab.inspection import add_summary, experiment_summary
 

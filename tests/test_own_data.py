@@ -14,10 +14,10 @@ from PIL import Image
 
 
 from conftest import compose_config, run_script, synthetic_digits
-from mlplab.csv_data import CSVDataModule
+from mlplab.data.csv_data import CSVDataModule
 from mlplab.errors import ConfigError, DataError
-from mlplab.image_folder import ImageFolderDataModule
-from mlplab.pictures import prepare_picture
+from mlplab.data.image_folder import ImageFolderDataModule
+from mlplab.data.pictures import prepare_picture
 from mlplab.evaluation import evaluate
 from mlplab.finetune import finetune
 from mlplab.pipeline import train
@@ -112,12 +112,12 @@ def test_decoding_is_cached_by_content_and_an_edited_folder_rebuilds(tmp_path, c
     cache = tmp_path / "cache"
     first = image_folder(root, cache, val_size=2).data
     assert len(list(cache.glob("*.pt"))) == 1
-    with caplog.at_level("INFO", logger="mlplab.image_folder"):
+    with caplog.at_level("INFO", logger="mlplab.data.image_folder"):
         second = image_folder(root, cache, val_size=2).data
     assert "read from the cache" in caplog.text and torch.equal(first.values, second.values)
     draw("cross", 99).save(root / "circle" / "0.png")  # a picture replaced: same name, other content
     caplog.clear()
-    with caplog.at_level("INFO", logger="mlplab.image_folder"):
+    with caplog.at_level("INFO", logger="mlplab.data.image_folder"):
         third = image_folder(root, cache, val_size=2).data
     assert "decoded" in caplog.text and len(list(cache.glob("*.pt"))) == 2
     assert not torch.equal(first.values, third.values)

@@ -27,7 +27,7 @@ from conftest import ROOT, compose_config, make_dataset, run_script
 from mlplab.checkpoint_writer import AtomicCheckpointIO, RandomState
 from mlplab.cli import run
 from mlplab.config import ValidateBeforeRun, validate, validate_sweep
-from mlplab.data import MNISTDataModule, load_split
+from mlplab.data.datamodule import MNISTDataModule, load_split
 from mlplab.errors import ConfigError, DataError
 from mlplab.errors import TrainingDiverged
 from mlplab.faults import StopOnDivergence

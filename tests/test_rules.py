@@ -7,10 +7,10 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from conftest import CONF_DIR, compose_config
-from hydra_plugins.mlplab_optuna_sweeper.config import PRUNERS, SAMPLERS
-from mlplab.augment import BatchAugment
+from mlplab.search.optuna_configs import PRUNERS, SAMPLERS
+from mlplab.data.augment import BatchAugment
 from mlplab.config import validate, validate_sweep
-from mlplab.data import MNISTDataModule
+from mlplab.data.datamodule import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.models import MLP
 from mlplab.pipeline import build_datamodule, build_module

@@ -20,10 +20,10 @@ from optuna.trial import TrialState
 from conftest import ROOT, compose_config, run_script
 from test_sweeps import job_files, read_csv, sweep
 from hydra.utils import instantiate
-from hydra_plugins.mlplab_optuna_sweeper.config import PRUNERS, SAMPLERS
-from hydra_plugins.mlplab_optuna_sweeper.sweeper import NOT_COUNTED, OWNER, OptunaSweeper, SearchSpace
+from mlplab.search.optuna_configs import PRUNERS, SAMPLERS
+from mlplab.search.optuna_sweeper import NOT_COUNTED, OWNER, OptunaSearch, SearchSpace
 from mlplab.errors import ConfigError
-from mlplab.studies import open_storage, trial_by_number
+from mlplab.search.studies import open_storage, trial_by_number
 
 SEARCH = ["hparams_search=mlp_optuna", "model.hidden_dims=choice([8],[16])", "hydra.sweeper.sampler.n_startup_trials=2",
           "hydra/sweeper/pruner=none", "data.batch_size=32"]  # a fixed batch: 512 is more than the 500 training images
@@ -143,7 +143,7 @@ def test_two_commands_giving_back_one_abandoned_trial_queue_it_once(tmp_path):
     study = optuna.create_study(study_name="mlp", storage=open_storage(journal), direction="maximize")
     abandoned = study.ask({"model.dropout": optuna.distributions.FloatDistribution(0.0, 0.4)})
     for _ in range(2):
-        command = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name="mlp", storage=journal,
+        command = OptunaSearch(sampler=None, pruner=None, direction="maximize", study_name="mlp", storage=journal,
                                 n_trials=2, n_jobs=1, params=None)
         command.sweep_dir, command.storage_handle = tmp_path, open_storage(journal)
         command.give_back(load(journal), abandoned.number, abandoned.params, "left running by a killed command")
@@ -173,7 +173,7 @@ def test_a_bad_search_space_entry_is_refused_in_one_line_before_any_trial(data_d
     ],
 )
 def test_search_space_entries_are_checked_against_the_config(entry, message):
-    sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
+    sweeper = OptunaSearch(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
                             n_trials=1, n_jobs=1, params=None)
     sweeper.config = compose_config("train", ["hparams_search=mlp_optuna"], with_hydra=True)
     with pytest.raises(ConfigError, match=f"search space .*{message.replace('(', '.').replace(')', '.').replace('[', '.')}"):
@@ -181,7 +181,7 @@ def test_search_space_entries_are_checked_against_the_config(entry, message):
 
 
 def test_the_search_space_keeps_hydras_syntax():
-    sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
+    sweeper = OptunaSearch(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
                             n_trials=1, n_jobs=1, params=compose_config("train", ["hparams_search=mlp_optuna"], with_hydra=True).hydra.sweeper.params)
     sweeper.config = compose_config("train", ["hparams_search=mlp_optuna"], with_hydra=True)
     space, fixed = sweeper.search_space(["trainer.max_epochs=3", "data.batch_size=64", "data.val_size=range(100,400,100)"])
@@ -196,7 +196,7 @@ def test_the_search_space_keeps_hydras_syntax():
 
 
 def test_a_job_finds_its_trial_by_number_in_the_storage(tmp_path):
-    """mlplab.studies.trial_by_number relies on Trial(study, trial_id): if Optuna changes it, this fails."""
+    """mlplab.search.studies.trial_by_number relies on Trial(study, trial_id): if Optuna changes it, this fails."""
     storage = open_storage(str(tmp_path / "study.journal"))
     study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
     asked = [study.ask() for _ in range(2)]
@@ -228,7 +228,7 @@ def test_a_storage_that_cannot_be_opened_is_one_line_naming_it(tmp_path, storage
 
 
 def test_the_study_report_counts_pruned_trials_and_gives_importances_once_enough_completed(tmp_path):
-    sweeper = OptunaSweeper(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
+    sweeper = OptunaSearch(sampler=None, pruner=None, direction="maximize", study_name=None, storage=None,
                             n_trials=5, n_jobs=1, params=None, importance_min_trials=4)
     sweeper.sweep_dir, sweeper.storage_url = tmp_path, "(in memory)"
     space = SearchSpace()
@@ -260,7 +260,7 @@ def test_every_sampler_searches_the_default_space_and_its_seed_repeats_it(name, 
     def proposals(study_dir: Path) -> list[dict]:
         cfg = compose_config("train", ["hparams_search=mlp_optuna", f"hydra/sweeper/sampler={name}", "seed=3",
                                        f"hydra.sweep.dir={study_dir}"], with_hydra=True)
-        sweeper = instantiate(cfg.hydra.sweeper)
+        sweeper = instantiate(cfg.hydra.sweeper, _target_="mlplab.search.optuna_sweeper.OptunaSearch")
         sweeper.config, sweeper.sweep_dir = cfg, study_dir
         space, _ = sweeper.search_space([])
         study = sweeper.open_study()
@@ -282,7 +282,7 @@ def test_every_sampler_searches_the_default_space_and_its_seed_repeats_it(name, 
 @pytest.mark.parametrize("name", list(PRUNERS))
 def test_a_pruner_named_in_short_is_the_one_its_config_group_builds(name):
     """`hydra.sweeper.pruner=<name>` and `hydra/sweeper/pruner=<name>` must prune alike: one set of defaults."""
-    from mlplab.studies import build_pruner
+    from mlplab.search.studies import build_pruner
 
     cfg = compose_config("train", ["hparams_search=mlp_optuna", f"hydra/sweeper/pruner={name}"], with_hydra=True)
     from_group, from_name = instantiate(cfg.hydra.sweeper.pruner), build_pruner(name)

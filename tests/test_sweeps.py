@@ -14,9 +14,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import compose_config, run_script
-from mlplab.data import MNISTDataModule, load_split, split_folds
+from mlplab.data.datamodule import MNISTDataModule, load_split, split_folds
 from mlplab.errors import ConfigError
-from mlplab.sweeps import SweepSummary, available_cores, job_threads
+from mlplab.search.sweeps import SweepSummary, available_cores, job_threads
 
 def sweep(sweep_dir: Path, *args: str, data_dir: Path):
     """`python train.py -m debug=fast <args>`: one epoch of each job on the synthetic data (args win)."""
@@ -164,7 +164,7 @@ def test_optuna_search_runs_its_trials_as_submitit_local_jobs(data_dir, tmp_path
     assert optuna_best["best_value"] == pytest.approx(float(rows[0]["val/acc"]))
     import optuna  # the submitit jobs reported every validation to their trials through the study's journal
 
-    from mlplab.studies import open_storage
+    from mlplab.search.studies import open_storage
 
     trials = optuna.load_study(study_name="mlp", storage=open_storage(str(tmp_path / "optuna.journal"))).trials
     assert [len(t.intermediate_values) for t in trials] == [1, 1]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import REAL_DATA_DIR, compose_config, requires_real_mnist, run_script
-from mlplab.data import MNISTDataModule
+from mlplab.data.datamodule import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.classifier import ClassifierModule
 from mlplab.pipeline import train

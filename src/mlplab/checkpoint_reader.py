@@ -24,10 +24,10 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlplab.csv_data import CSVDataModule
-from mlplab.data import DATASETS, DatasetInfo, MNISTDataModule, SplitDataModule, class_names
+from mlplab.data.csv_data import CSVDataModule
+from mlplab.data.datamodule import DATASETS, DatasetInfo, MNISTDataModule, SplitDataModule, class_names
 from mlplab.errors import ConfigError, UserError
-from mlplab.image_folder import ImageFolderDataModule
+from mlplab.data.image_folder import ImageFolderDataModule
 from mlplab.models import MLP
 from mlplab.classifier import ClassifierModule
 from mlplab.rules import check, shown

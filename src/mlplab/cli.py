@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from mlplab.config import refuse_unknown_overrides
 from mlplab.errors import reported_as_one_line
 from mlplab.run_record import recorded_run
-from mlplab.sweeps import recorded_sweep_job
+from mlplab.search.sweeps import recorded_sweep_job
 
 
 def run(task: Callable[[DictConfig], Any], config_name: str, sweep_objective: bool = False) -> None:

@@ -30,9 +30,9 @@ from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mlplab.data import DATASETS, raw_folder
+from mlplab.data.datamodule import DATASETS, raw_folder
 from mlplab.errors import ConfigError, DataError, exit_with, reported_as_one_line
-from mlplab.idx import read_header
+from mlplab.data.idx import read_header
 from mlplab.rules import REQUIRED, problem, problems, range_problems, relation_problems, split_problems
 from mlplab.run_dirs import refuse_used_dir
 

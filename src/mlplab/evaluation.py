@@ -30,7 +30,7 @@ from torchmetrics.classification import (
 )
 
 from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config, refuse_misfit
-from mlplab.data import MNISTDataModule
+from mlplab.data.datamodule import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.rules import check
 from mlplab.figures import confusion_matrix_figure, image_grid_figure, to_display

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mlplab.config import validate
-from mlplab.data import MNISTDataModule
+from mlplab.data.datamodule import MNISTDataModule
 from mlplab.faults import is_collective_failure, lost_workers
 from mlplab.classifier import ClassifierModule
 from mlplab.checkpoint_reader import refuse_misfit

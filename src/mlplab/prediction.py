@@ -1,6 +1,6 @@
 """Predictions for a user's own pictures: PNG or JPEG, any size, dark ink on light paper or the reverse.
 
-Each picture is prepared by ``mlplab.pictures.prepare_picture`` (the preparation ``data=image_folder`` trains
+Each picture is prepared by ``mlplab.data.pictures.prepare_picture`` (the preparation ``data=image_folder`` trains
 on), then normalized with the training data's mean and std. The rows of a Kaggle digit CSV (``inputs=test.csv``)
 are already 28x28 digits framed like MNIST: they go in as they are, and the run also writes Kaggle's
 ``submission.csv`` (``ImageId,Label``).
@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlplab.csv_data import kaggle_images
+from mlplab.data.csv_data import kaggle_images
 from mlplab.checkpoint_reader import load_trained_from_config
 from mlplab.errors import ConfigError, UserError
 from mlplab.figures import image_grid_figure
-from mlplab.pictures import find_images, prepare_picture
+from mlplab.data.pictures import find_images, prepare_picture
 from mlplab.rules import check, problem
 
 log = logging.getLogger(__name__)

@@ -97,7 +97,7 @@ def activations() -> list[str]:
 
 
 def loaders() -> tuple[str, ...]:
-    from mlplab.data import LOADERS
+    from mlplab.data.datamodule import LOADERS
 
     return LOADERS
 
@@ -109,13 +109,13 @@ def export_formats() -> list[str]:
 
 
 def pruners() -> list[str]:
-    from hydra_plugins.mlplab_optuna_sweeper.config import PRUNERS
+    from mlplab.search.optuna_configs import PRUNERS
 
     return list(PRUNERS)
 
 
 def datasets() -> list[str]:
-    from mlplab.data import DATASETS
+    from mlplab.data.datamodule import DATASETS
 
     return list(DATASETS)
 
@@ -414,7 +414,7 @@ def relation_problems(values: Mapping[str, Any], prefix: str = "data.") -> list[
         found.append(problem(prefix + "box", box, f"at most {prefix}size={size}"))
     classes, dataset = get("classes"), get("dataset")
     if classes is not None and rule_for("data.classes")[0](classes) and dataset in datasets():
-        from mlplab.data import DATASETS
+        from mlplab.data.datamodule import DATASETS
 
         labels = len(DATASETS[dataset].class_names)
         if len(set(classes)) != len(classes) or len(classes) < 2 or max(classes) >= labels:

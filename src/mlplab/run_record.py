@@ -36,7 +36,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mlplab.data import expected_files, raw_folder
+from mlplab.data.datamodule import expected_files, raw_folder
 from mlplab.errors import TrainingDiverged, user_error_in
 from mlplab.run_dirs import command_line_overrides, resume_command
 

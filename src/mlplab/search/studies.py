@@ -49,7 +49,7 @@ def build_pruner(spec: Any) -> optuna.pruners.BasePruner:
     import optuna
     from hydra.utils import instantiate
 
-    from hydra_plugins.mlplab_optuna_sweeper.config import PRUNERS
+    from mlplab.search.optuna_configs import PRUNERS
 
     if spec is None:
         spec = "none"

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 import torch
 
-from mlplab.data import LoadedData, OwnDataModule
+from mlplab.data.datamodule import LoadedData, OwnDataModule
 from mlplab.errors import ConfigError, DataError
 
 KAGGLE_LABEL = "label"

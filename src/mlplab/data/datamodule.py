@@ -23,10 +23,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
-from mlplab.augment import BatchAugment
+from mlplab.data.augment import BatchAugment
 from mlplab.errors import ConfigError, DataError
 from mlplab.rules import check, split_problems
-from mlplab.idx import check_split
+from mlplab.data.idx import check_split
 
 
 @dataclass(frozen=True)

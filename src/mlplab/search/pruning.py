@@ -4,7 +4,7 @@ and stops at once when the study's pruner says the trial is hopeless.
 Why not optuna-integration's ``PyTorchLightningPruningCallback``: it needs the ``Trial`` object in the job's
 process (joblib and submitit run jobs elsewhere), and raises only at ``on_fit_end``, after which the pipeline
 would still validate and test. This callback finds its trial by number in the study's storage
-(``mlplab.studies``) and raises ``TrialPruned`` from the deciding validation (recorded by ``recorded_sweep_job``).
+(``mlplab.search.studies``) and raises ``TrialPruned`` from the deciding validation (recorded by ``recorded_sweep_job``).
 
 The sweeper hands each job its trial (``hydra.sweeper.trial``) and the study's storage; outside a search
 (``trial: null``) the callback does nothing, so a trial's command line re-runs as a plain training run.
@@ -18,8 +18,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.trainer.states import TrainerFn
 
-from mlplab.studies import build_pruner, open_storage, trial_by_number
-from mlplab.sweeps import TrialPruned
+from mlplab.search.studies import build_pruner, open_storage, trial_by_number
+from mlplab.search.sweeps import TrialPruned
 
 log = logging.getLogger(__name__)
 

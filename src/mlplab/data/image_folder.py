@@ -5,7 +5,7 @@
     root/test/<class>/<image>
 
 Class names are the folder names, sorted. Every picture goes through predict.py's preparation
-(``mlplab.pictures.prepare_picture``): training and prediction see the same 28x28 images. Decoding is slow, so
+(``mlplab.data.pictures.prepare_picture``): training and prediction see the same 28x28 images. Decoding is slow, so
 its result is cached, keyed by the files' names and bytes and the settings: an edited picture rebuilds it.
 """
 
@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from mlplab.data import LoadedData, OwnDataModule, split_keys
+from mlplab.data.datamodule import LoadedData, OwnDataModule, split_keys
 from mlplab.errors import DataError
-from mlplab.pictures import IMAGE_SUFFIXES, prepare_picture
+from mlplab.data.pictures import IMAGE_SUFFIXES, prepare_picture
 from mlplab.rules import check
 
 log = logging.getLogger(__name__)
