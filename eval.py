@@ -4,7 +4,6 @@ Every setting lives in conf/eval.yaml; the work is mlplab.evaluation.evaluate.
 """
 
 from mlplab.cli import run
-from mlplab.evaluation import evaluate
 
 if __name__ == "__main__":
-    run(evaluate, config_name="eval")
+    run("mlplab.evaluation:evaluate", config_name="eval")

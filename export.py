@@ -4,7 +4,6 @@ Every setting lives in conf/export.yaml; the work is mlplab.export.export.
 """
 
 from mlplab.cli import run
-from mlplab.export import export
 
 if __name__ == "__main__":
-    run(export, config_name="export")
+    run("mlplab.export:export", config_name="export")

@@ -5,7 +5,6 @@ Every setting lives in conf/ (start at conf/finetune.yaml); the pipeline is mlpl
 """
 
 from mlplab.cli import run
-from mlplab.finetune import finetune
 
 if __name__ == "__main__":
-    run(finetune, config_name="finetune", sweep_objective=True)
+    run("mlplab.finetune:finetune", config_name="finetune", sweep_objective=True)

@@ -4,7 +4,6 @@ Settings in conf/lr_find.yaml (training's config plus the range); the work is ml
 """
 
 from mlplab.cli import run
-from mlplab.lr_find import lr_range_test
 
 if __name__ == "__main__":
-    run(lr_range_test, config_name="lr_find")
+    run("mlplab.lr_find:lr_range_test", config_name="lr_find")

@@ -4,7 +4,6 @@ Every setting lives in conf/predict.yaml; the work is mlplab.prediction.predict.
 """
 
 from mlplab.cli import run
-from mlplab.prediction import predict
 
 if __name__ == "__main__":
-    run(predict, config_name="predict")
+    run("mlplab.prediction:predict", config_name="predict")

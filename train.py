@@ -4,7 +4,6 @@ Every setting lives in conf/ (start at conf/train.yaml); the pipeline is mlplab.
 """
 
 from mlplab.cli import run
-from mlplab.pipeline import train
 
 if __name__ == "__main__":
-    run(train, config_name="train", sweep_objective=True)
+    run("mlplab.pipeline:train", config_name="train", sweep_objective=True)

@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from mlplab.data.augment import BatchAugment  # noqa: E402
-from mlplab.data.datamodule import DATASETS, load_split  # noqa: E402
+from mlplab.choices import DATASETS  # noqa: E402
+from mlplab.data.datamodule import load_split  # noqa: E402
 from mlplab.models import MLP  # noqa: E402
 
 ALPHA, SIGMA = 8.0, 4.0  # elastic distortion in pixels, as in data.augment.elastic_alpha / elastic_sigma

@@ -35,7 +35,8 @@ from torchvision import datasets, transforms
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mlplab.data.datamodule import DATASETS, load_split, split_train_val  # noqa: E402
+from mlplab.choices import DATASETS  # noqa: E402
+from mlplab.data.datamodule import load_split, split_train_val  # noqa: E402
 from mlplab.models import MLP  # noqa: E402
 
 # mlplab.data imports Lightning, which sets this so that looking for GPUs cannot poison a fork; torch's Adam

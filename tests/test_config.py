@@ -10,7 +10,6 @@ from hydra.utils import instantiate
 from conftest import CONF_DIR, compose_config
 from mlplab.config import hydra_group_options, parsed_override, refuse_unknown_overrides
 from mlplab.pipeline import build_datamodule, build_module, build_trainer
-from mlplab.rules import lightning_precisions
 
 
 def options(group: str) -> list[str]:
@@ -223,5 +222,4 @@ def test_the_private_library_names_mlplab_relies_on_are_still_there():
     assert parsed_override("optimizer.lr=1e-3,2e-3").key_or_group == "optimizer.lr"  # Hydra's OverridesParser
     assert {"basic", "joblib"} <= set(hydra_group_options(CONF_DIR, "hydra/launcher"))  # Hydra's config loader
     assert list(parsed_override("optimizer.lr=1e-3,2e-3").sweep_iterator()) == [1e-3, 2e-3]
-    assert {"auto", "32-true", "bf16-mixed", "16-mixed", "64-true"} <= set(lightning_precisions())  # Lightning's aliases
     assert callable(torch.cpu._is_avx512_bf16_supported) and callable(torch.cpu._is_amx_tile_supported)  # fastest_precision

@@ -124,3 +124,40 @@ def test_a_one_cycle_schedule_too_short_to_warm_up_is_refused(data_dir, tmp_path
         mp.setattr(type(module.trainer), "estimated_stepping_batches", property(lambda self: 5))
         with pytest.raises(ConfigError, match=r"scheduler.scheduler.pct_start=0.2 must be other than 1/5: one warm-up step of the 5 steps of this run"):
             module.configure_optimizers()
+
+
+def test_the_bottom_layer_lists_what_each_implementation_offers():
+    """mlplab.choices holds the names as plain literals; each list must be what the code behind it implements."""
+    from typing import get_args
+
+    import torchvision.datasets
+    from lightning.fabric.plugins.precision import precision as lightning_precision  # private: no public list
+
+    from mlplab import choices
+    from mlplab.data.datamodule import MNISTDataModule
+    from mlplab.export import EXPORTERS
+    from mlplab.models import ACTIVATIONS
+
+    assert list(choices.ACTIVATIONS) == list(ACTIVATIONS)
+    assert list(choices.SAMPLERS) == list(SAMPLERS) and list(choices.PRUNERS) == list(PRUNERS)
+    assert list(choices.EXPORT_FORMATS) == list(EXPORTERS)
+    aliases = (lightning_precision._PRECISION_INPUT_STR, lightning_precision._PRECISION_INPUT_STR_ALIAS,
+               lightning_precision._PRECISION_INPUT_INT)
+    assert set(choices.PRECISIONS) == {"auto", *(value for alias in aliases for value in get_args(alias))}
+    for name, info in choices.DATASETS.items():
+        assert issubclass(getattr(torchvision.datasets, info.folder), torchvision.datasets.MNIST)
+        assert len(info.class_names) == 10
+    for loader in choices.LOADERS:
+        assert MNISTDataModule(loader=loader).hparams.loader == loader
+
+
+def test_validation_imports_nothing_heavy():
+    """The rules, the config checks and the entry points' wrapper load no torch, Lightning, torchvision,
+    torchmetrics, pyarrow, PIL or Optuna: a typo is answered before they load."""
+    import subprocess
+    import sys
+
+    heavy = ("torch", "lightning", "torchvision", "torchmetrics", "pyarrow", "PIL", "optuna")
+    code = ("import sys, mlplab.rules, mlplab.config, mlplab.cli, hydra_plugins.mlplab_optuna_sweeper.sweeper; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

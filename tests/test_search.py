@@ -168,7 +168,7 @@ def test_a_bad_search_space_entry_is_refused_in_one_line_before_any_trial(data_d
     [
         ("model.dropout=interval(0.0,1.5)", "model.dropout=1.5 must be a number in [0, 1)"),
         ("optimizer.lr=tag(log,interval(0,0.1))", "optimizer.lr=tag(log,interval(0,0.1)): "),
-        ("optimizer.lrr=interval(0.1,0.2)", "optimizer.lrr is not a setting; did you mean optimizer.lr?"),
+        ("optimizer.lrr=interval(0.1,0.2)", "optimizer.lrr is not a setting: optimizer has .*did you mean optimizer.lr?"),
         ("data.batch_size=range(64,16)", "the range is empty"),
     ],
 )

@@ -12,9 +12,9 @@ import torch
 
 from conftest import REAL_DATA_DIR, compose_config, requires_real_mnist, run_script
 from mlplab.data.datamodule import MNISTDataModule
-from mlplab.errors import ConfigError
+from mlplab.errors import ConfigError, UserError
 from mlplab.classifier import ClassifierModule
-from mlplab.pipeline import train
+from mlplab.pipeline import monitored_value, train
 
 FAST = ["debug=fast", "logger=tensorboard", "model.hidden_dims=[512,256]"]  # in seconds, the default logger, a real-sized network
 
@@ -106,3 +106,20 @@ def test_one_epoch_of_the_default_recipe_on_real_mnist(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["test/acc"] >= 0.96
+
+
+def test_a_run_returns_the_metric_it_monitors_and_never_another(data_dir, tmp_path):
+    """What a sweep optimizes: with `callbacks.model_checkpoint.monitor=train/loss mode=min` the run returns the
+    best checkpoint's training loss, not validation accuracy; a monitored metric with no value is one clear error."""
+    value = train(compose_config("train", [*FAST, "trainer.max_epochs=2", "callbacks.model_checkpoint.monitor=train/loss",
+                                           "callbacks.model_checkpoint.mode=min", f"data.data_dir={data_dir}"], tmp_path))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    best = torch.load(metrics["best_ckpt"], weights_only=False)["callbacks"]
+    scores = [state["best_model_score"] for key, state in best.items() if key.startswith("ModelCheckpoint") and "train/loss" in key]
+    assert value != metrics["val/acc"] and value == pytest.approx(float(scores[0]))
+
+    class NeverLogged:
+        monitor, best_model_score = "train/loss", None
+
+    with pytest.raises(UserError, match=r"monitor=train/loss has no value at the end of the run.*val/acc"):
+        monitored_value(NeverLogged(), {"val/acc": 0.9, "val/loss": 0.3})

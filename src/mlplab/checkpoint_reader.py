@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mlplab.data.csv_data import CSVDataModule
-from mlplab.data.datamodule import DATASETS, DatasetInfo, MNISTDataModule, SplitDataModule, class_names
+from mlplab.choices import DATASETS, DatasetInfo
+from mlplab.data.datamodule import MNISTDataModule, SplitDataModule, class_names
 from mlplab.errors import ConfigError, UserError
 from mlplab.data.image_folder import ImageFolderDataModule
 from mlplab.models import MLP

@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from mlplab.run_record import CHECKPOINT_KEY, active
+
 
 class RandomState(L.Callback):
     """Saves the torch, CUDA, numpy and Python random states in every checkpoint; restores them on resume."""
@@ -75,3 +77,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 os.fsync(directory)
             finally:
                 os.close(directory)
+
+
+class RunOrigin(L.Callback):
+    """Puts the run's dir, commit, dirty flag and data hashes into every checkpoint (plain values: weights_only)."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        if (record := active()) is not None:
+            keys = ("run_dir", "command", "start_time", "data_sha256")
+            git_info = record.data.get("git") or {}
+            checkpoint[CHECKPOINT_KEY] = {key: record.data[key] for key in keys} | {
+                "git_commit": git_info.get("commit"), "git_dirty": git_info.get("dirty")}

@@ -30,9 +30,9 @@ from hydra.core.override_parser.types import Override
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mlplab.data.datamodule import DATASETS, raw_folder
+from mlplab.choices import DATASETS
 from mlplab.errors import ConfigError, DataError, exit_with, reported_as_one_line
-from mlplab.data.idx import read_header
+from mlplab.data.idx import raw_folder, read_header
 from mlplab.rules import REQUIRED, problem, problems, range_problems, relation_problems, split_problems
 from mlplab.run_dirs import refuse_used_dir
 
@@ -130,12 +130,15 @@ def leaf_values(cfg: DictConfig, path: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def device_problems(values: dict[str, Any]) -> list[str]:
-    """``trainer.accelerator``, ``devices`` and ``sync_batchnorm`` against what this machine has, before any process starts."""
-    from lightning.pytorch.accelerators import CUDAAccelerator
+    """``trainer.accelerator``, ``devices`` and ``sync_batchnorm`` against what this machine has, before any process
+    starts. Counting GPUs needs torch, so it is asked only of a command that wants a GPU or several devices."""
     accelerator, devices = values.get("trainer.accelerator"), values.get("trainer.devices")
     if accelerator is None:
         return []
-    gpus = CUDAAccelerator.auto_device_count() if CUDAAccelerator.is_available() else 0
+    requested = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) and devices > 0 else 0
+    if accelerator not in ("gpu", "cuda") and requested <= 1 and values.get("trainer.sync_batchnorm") is not True:
+        return []
+    gpus = gpu_count()
     cores = available_cores()
     here = f"this machine has {cores} CPU core{'s' * (cores != 1)} and {gpus or 'no'} GPU{'s' * (gpus != 1)}"
     if accelerator in ("gpu", "cuda") and gpus == 0:
@@ -145,10 +148,15 @@ def device_problems(values: dict[str, Any]) -> list[str]:
     if values.get("trainer.sync_batchnorm") is True and not on_gpu:
         return [f"trainer.sync_batchnorm=true must be false on CPU processes: torch's SyncBatchNorm runs on GPUs only ({here})"]
     available, unit = (gpus, "GPUs") if on_gpu else (cores, "CPU processes, one per core")
-    requested = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) and devices > 0 else 0
     if requested > available or (on_gpu and isinstance(devices, list) and max(devices, default=0) >= gpus):
         return [problem("trainer.devices", devices, f"at most {available} {unit} here ({here})")]
     return []
+
+
+def gpu_count() -> int:
+    import torch  # only for a command that asks for GPUs or several devices: the run imports it next anyway
+
+    return torch.cuda.device_count()
 
 
 def data_problems(values: dict[str, Any]) -> list[str]:

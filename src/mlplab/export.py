@@ -21,13 +21,13 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from mlplab.choices import EXPORT_FORMATS
 from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config
 from mlplab.errors import ConfigError, UserError
 from mlplab.rules import check
 
 log = logging.getLogger(__name__)
 
-FORMATS = {"export": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}
 INPUT = "images"
 ONNX_EXTRA = "format=onnx needs the onnx extra: pip install 'mlplab[onnx]' (onnx, onnxscript, onnxruntime)"
 
@@ -90,11 +90,14 @@ def save_onnx(model: nn.Module, example: torch.Tensor, path: Path, meta: dict[st
     program.save(str(path))
 
 
+EXPORTERS = {"export": save_exported_program, "onnx": save_onnx, "torchscript": save_torchscript}  # choices.EXPORT_FORMATS
+
+
 def run_exported(path: Path, images: torch.Tensor) -> torch.Tensor:
     """Logits from the written file, loaded as a user without mlplab would load it."""
-    if path.suffix == FORMATS["export"]:
+    if path.suffix == EXPORT_FORMATS["export"]:
         return torch.export.load(str(path)).module()(images)
-    if path.suffix == FORMATS["torchscript"]:
+    if path.suffix == EXPORT_FORMATS["torchscript"]:
         with torchscript_quietly():
             return torch.jit.load(str(path))(images)
     try:
@@ -109,14 +112,14 @@ def export(cfg: DictConfig) -> Path:
     """Write ``cfg.ckpt_path`` as a standalone ``cfg.format`` file, then check it reproduces the checkpoint's logits."""
     check({"format": cfg.format, "output": cfg.get("output")})
     trained = load_trained_from_config(cfg)
-    path = Path(cfg.output) if cfg.get("output") else Path(cfg.output_dir) / f"model{FORMATS[cfg.format]}"
-    if path.suffix != FORMATS[cfg.format]:
-        raise ConfigError(f"output={cfg.output} must end in {FORMATS[cfg.format]} for format={cfg.format}")
+    path = Path(cfg.output) if cfg.get("output") else Path(cfg.output_dir) / f"model{EXPORT_FORMATS[cfg.format]}"
+    if path.suffix != EXPORT_FORMATS[cfg.format]:
+        raise ConfigError(f"output={cfg.output} must end in {EXPORT_FORMATS[cfg.format]} for format={cfg.format}")
     path.parent.mkdir(parents=True, exist_ok=True)
     model, meta = standalone(trained), metadata(trained)
     example = torch.rand(8, *trained.info.image_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        {"export": save_exported_program, "onnx": save_onnx, "torchscript": save_torchscript}[cfg.format](model, example, path, meta)
+        EXPORTERS[cfg.format](model, example, path, meta)
         expected = trained.module((example - trained.info.mean) / trained.info.std)
         difference = (run_exported(path, example) - expected).abs().max().item()
     log.info("wrote %s (%.1f kB): %s -> %s, classes %s", path, path.stat().st_size / 1e3, meta["input"], meta["output"],

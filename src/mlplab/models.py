@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from mlplab.rules import check
 
-ACTIVATIONS: dict[str, type[nn.Module]] = {
+ACTIVATIONS: dict[str, type[nn.Module]] = {  # the names are mlplab.choices.ACTIVATIONS (tests compare)
     "relu": nn.ReLU,
     "gelu": nn.GELU,
     "silu": nn.SiLU,

@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlplab.config import validate
 from mlplab.data.datamodule import MNISTDataModule
+from mlplab.errors import UserError
 from mlplab.faults import is_collective_failure, lost_workers
 from mlplab.classifier import ClassifierModule
 from mlplab.checkpoint_reader import refuse_misfit
@@ -170,5 +171,18 @@ def fit_and_report(
             metrics["epochs"], train_time,
         )
         log.info("run dir: %s", output_dir)
-    monitor = checkpoint.monitor if checkpoint is not None else "val/acc"
-    return float(metrics.get(monitor, val.get(monitor, metrics["val/acc"])))
+    return monitored_value(checkpoint, metrics | val)
+
+
+def monitored_value(checkpoint: Any, metrics: dict[str, Any]) -> float:
+    """What a sweeper optimizes: the best checkpoint's monitored metric (re-measured where the run measured it
+    again), never another number in its place: ``monitor=train/loss mode=min`` must not minimise accuracy."""
+    if checkpoint is None or not checkpoint.monitor:
+        return float(metrics["val/acc"])
+    if checkpoint.monitor in metrics:
+        return float(metrics[checkpoint.monitor])
+    if checkpoint.best_model_score is not None:
+        return float(checkpoint.best_model_score)
+    logged = ", ".join(sorted(key for key in metrics if "/" in key))
+    raise UserError(f"callbacks.model_checkpoint.monitor={checkpoint.monitor} has no value at the end of the run, so "
+                    f"there is nothing to optimize; monitor a metric the run logs ({logged})")

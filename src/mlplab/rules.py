@@ -17,22 +17,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, get_args
+from typing import Any
 
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from mlplab.choices import ACTIVATIONS, DATASETS, EXPORT_FORMATS, LOADERS, PRECISIONS, PRUNERS
 from mlplab.errors import ConfigError
 
 Rule = tuple[Callable[[Any], bool], str]
-
-
-def lightning_precisions() -> tuple[str | int, ...]:
-    """Every ``trainer.precision`` Lightning accepts: listed only in its private type aliases (no public constant);
-    their one use, and tests/test_config.py fails loudly if Lightning moves or renames them."""
-    from lightning.fabric.plugins.precision import precision as p
-
-    return ("auto", *(v for a in (p._PRECISION_INPUT_STR, p._PRECISION_INPUT_STR_ALIAS, p._PRECISION_INPUT_INT) for v in get_args(a)))
-
-
-PRECISIONS = lightning_precisions()
 
 
 def is_number(value: Any) -> bool:
@@ -52,16 +44,14 @@ def integer(test: Callable[[int], bool], allowed: str) -> Rule:
     return (lambda value: is_integer(value) and test(value)), allowed
 
 
-def one_of(choices: Iterable[Any] | Callable[[], Iterable[Any]]) -> Rule:
-    """``choices`` may be a function, for names that live in the modules which use this table."""
-    listed = choices if callable(choices) else (lambda: choices)
-    names = lambda: ", ".join(dict.fromkeys("null" if c is None else str(c) for c in listed()))  # noqa: E731
-    return (lambda value: value in tuple(listed())), LazyText(lambda: "one of " + names())
+def one_of(choices: Iterable[Any]) -> Rule:
+    choices = tuple(choices)
+    return (lambda value: value in choices), "one of " + ", ".join(dict.fromkeys("null" if c is None else str(c) for c in choices))
 
 
 def or_null(rule: Rule, meaning: str) -> Rule:
     test, allowed = rule
-    return (lambda value: value is None or test(value)), LazyText(lambda: f"{allowed}, or null {meaning}")
+    return (lambda value: value is None or test(value)), f"{allowed}, or null {meaning}"
 
 
 def list_of(rule: Rule, allowed: str, min_length: int = 0, exact_length: int | None = None) -> Rule:
@@ -73,51 +63,6 @@ def list_of(rule: Rule, allowed: str, min_length: int = 0, exact_length: int | N
         return len(value) >= min_length and (exact_length is None or len(value) == exact_length) and all(map(test, value))
 
     return check_list, allowed
-
-
-class LazyText(str):
-    """The 'allowed' text of a rule whose choices are only known once the modules holding them are imported."""
-
-    def __new__(cls, make: Callable[[], str]) -> LazyText:
-        text = super().__new__(cls, "")
-        text.make = make
-        return text
-
-    def __str__(self) -> str:
-        return self.make()
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-
-def activations() -> list[str]:
-    from mlplab.models import ACTIVATIONS
-
-    return list(ACTIVATIONS)
-
-
-def loaders() -> tuple[str, ...]:
-    from mlplab.data.datamodule import LOADERS
-
-    return LOADERS
-
-
-def export_formats() -> list[str]:
-    from mlplab.export import FORMATS
-
-    return list(FORMATS)
-
-
-def pruners() -> list[str]:
-    from mlplab.search.optuna_configs import PRUNERS
-
-    return list(PRUNERS)
-
-
-def datasets() -> list[str]:
-    from mlplab.data.datamodule import DATASETS
-
-    return list(DATASETS)
 
 
 positive = number(lambda v: v > 0, "a number > 0")
@@ -134,8 +79,8 @@ metric = one_of(("val/acc", "val/loss", "train/acc", "train/loss"))
 min_or_max = one_of(("min", "max"))
 seed = integer(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)")
 epochs_or_auto: Rule = (lambda v: v == "auto" or is_integer(v) and v >= 1, "auto or a number of epochs >= 1")
-pruner: Rule = (lambda v: isinstance(v, Mapping) or v in pruners(),
-                LazyText(lambda: f"one of {', '.join(pruners())} (hydra/sweeper/pruner=<name> for its settings)"))
+pruner: Rule = (lambda v: isinstance(v, Mapping) or v in PRUNERS,
+                f"one of {', '.join(PRUNERS)} (hydra/sweeper/pruner=<name> for its settings)")
 
 # Keys without a default (``???``) that a chosen group needs on the command line.
 REQUIRED: dict[str, str] = {
@@ -158,13 +103,13 @@ RULES: dict[str, Rule] = {
     "regularization.label_smoothing": fraction,
     # model
     "model.hidden_dims": list_of(count, "a list of layer widths >= 1"),
-    "model.activation": one_of(activations),
+    "model.activation": one_of(ACTIVATIONS),
     "model.dropout": fraction,
     "model.batch_norm": boolean,
     # data
-    "data.dataset": one_of(datasets),
+    "data.dataset": one_of(DATASETS),
     "data.data_dir": path,
-    "data.loader": one_of(loaders),
+    "data.loader": one_of(LOADERS),
     "data.batch_size": count,
     "data.eval_batch_size": count,
     "data.val_size": count,
@@ -301,7 +246,7 @@ RULES: dict[str, Rule] = {
     "fit": boolean,
     "box": or_null(integer(lambda v: 1 <= v <= 28, "an integer in [1, 28]"), "for the dataset's own"),
     # export.py
-    "format": one_of(export_formats),
+    "format": one_of(EXPORT_FORMATS),
     "output": optional_path,
     # lr_find.py (the LR range test)
     "lr_find.min_lr": positive,
@@ -362,8 +307,6 @@ def rule_for(key: str) -> Rule | None:
 
 
 def shown(value: Any) -> str:
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
     if isinstance(value, DictConfig | ListConfig):
         value = OmegaConf.to_container(value)
     if isinstance(value, tuple):
@@ -381,7 +324,7 @@ def problems(values: Mapping[str, Any]) -> list[str]:
     for key, value in values.items():
         rule = rule_for(key)
         if rule is not None and not rule[0](value):
-            found.append(problem(key, value, str(rule[1])))
+            found.append(problem(key, value, rule[1]))
     return found
 
 
@@ -413,9 +356,7 @@ def relation_problems(values: Mapping[str, Any], prefix: str = "data.") -> list[
     if is_integer(box) and is_integer(size) and box > size:
         found.append(problem(prefix + "box", box, f"at most {prefix}size={size}"))
     classes, dataset = get("classes"), get("dataset")
-    if classes is not None and rule_for("data.classes")[0](classes) and dataset in datasets():
-        from mlplab.data.datamodule import DATASETS
-
+    if classes is not None and rule_for("data.classes")[0](classes) and dataset in DATASETS:
         labels = len(DATASETS[dataset].class_names)
         if len(set(classes)) != len(classes) or len(classes) < 2 or max(classes) >= labels:
             found.append(problem(prefix + "classes", classes, f"at least two distinct labels from 0 to {labels - 1} "

@@ -8,7 +8,7 @@ record when the run starts (status ``running``: a killed run keeps that) and aga
 Hashing MNIST every run would cost a noticeable fraction of a second: each digest is cached in
 ``$XDG_CACHE_HOME/mlplab/sha256.json`` (default ``~/.cache``) under the file's path, size and mtime.
 
-Checkpoints carry the record's essentials (``RunOrigin``, plain values under ``mlplab_run``; read back by
+Checkpoints carry the record's essentials (``mlplab.checkpoint_writer.RunOrigin``, plain values under ``mlplab_run``; read back by
 ``mlplab.checkpoint_reader``), so eval, predict, export and finetune name the run and commit a checkpoint came
 from even after it was copied, and warn when their data differs from the data it was trained on.
 """
@@ -31,12 +31,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mlplab.data.datamodule import expected_files, raw_folder
+from mlplab.data.idx import expected_files, raw_folder
 from mlplab.errors import TrainingDiverged, user_error_in
 from mlplab.run_dirs import command_line_overrides, resume_command
 
@@ -100,6 +98,8 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, Any]:
+    import torch  # run.json is written inside the task, which imports torch anyway; validation before it does not
+
     info: dict[str, Any] = {"host": platform.node(), "os": platform.platform(), "cpu": cpu_model(),
                             "cpu_count": os.cpu_count(), "gpus": []}
     if torch.cuda.is_available():
@@ -215,7 +215,7 @@ def active() -> RunRecord | None:
     return _active
 
 
-def note_data(datamodule: L.LightningDataModule) -> dict[str, str]:
+def note_data(datamodule: Any) -> dict[str, str]:
     """Record (and return) the SHA-256 of the data files ``datamodule`` reads; {} for data other than MNIST-family."""
     hparams = getattr(datamodule, "hparams", {})
     if "dataset" not in hparams or "data_dir" not in hparams:
@@ -273,15 +273,12 @@ def recorded_run(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
     return run
 
 
-class RunOrigin(L.Callback):
-    """Puts the run's dir, commit, dirty flag and data hashes into every checkpoint (plain values: weights_only)."""
-
-    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if _active is not None:
-            keys = ("run_dir", "command", "start_time", "data_sha256")
-            git_info = _active.data.get("git") or {}
-            checkpoint[CHECKPOINT_KEY] = {key: _active.data[key] for key in keys} | {
-                "git_commit": git_info.get("commit"), "git_dirty": git_info.get("dirty")}
+def read_tracker_runs(run_dir: Path) -> dict[str, Any]:
+    """The trackers' runs a run dir's run.json names ({} when none)."""
+    try:
+        return json.loads((run_dir / RUN_RECORD).read_text()).get("trackers") or {}
+    except (OSError, ValueError):
+        return {}
 
 
 def warn_if_data_changed(origin: dict[str, Any] | None, hashes: dict[str, str]) -> list[str]:

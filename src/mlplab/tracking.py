@@ -144,11 +144,3 @@ def record_outcome(trainer: L.Trainer, output_dir: Path, metrics: dict[str, Any]
                 if path.is_file():
                     run.save(str(path), base_path=str(output_dir), policy="now")
             run.finish()  # Lightning leaves it open: the next sweep job in this process would log into it
-
-
-def read_tracker_runs(run_dir: Path) -> dict[str, Any]:
-    """The trackers' runs a run dir's run.json names ({} when none)."""
-    try:
-        return json.loads((run_dir / RUN_RECORD).read_text()).get("trackers") or {}
-    except (OSError, ValueError):
-        return {}

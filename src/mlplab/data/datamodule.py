@@ -26,45 +26,11 @@ from torchvision import datasets, transforms
 from mlplab.data.augment import BatchAugment
 from mlplab.errors import ConfigError, DataError
 from mlplab.rules import check, split_problems
-from mlplab.data.idx import check_split
+from mlplab.choices import DATASETS, LOADERS, DatasetInfo
+from mlplab.data.idx import check_split, expected_files, raw_folder
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    """What the pipeline needs to know about a dataset before reading it."""
-
-    torchvision_class: type[datasets.MNIST] | None  # None: the user's own data
-    mean: float
-    std: float
-    class_names: tuple[str, ...]
-    image_shape: tuple[int, ...] = (1, 28, 28)
-    box: int = 28  # side of the box predict.py scales a picture's ink into (MNIST: 20, how the dataset was made)
-
-
-DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo(datasets.MNIST, 0.1307, 0.3081, tuple(str(d) for d in range(10)), box=20),
-    "fashion_mnist": DatasetInfo(
-        datasets.FashionMNIST,
-        0.2860,
-        0.3530,
-        ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),
-    ),
-    "kmnist": DatasetInfo(
-        datasets.KMNIST, 0.1918, 0.3483, ("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo")
-    ),
-}
-
-LOADERS = ("tensor", "torchvision")
 log = logging.getLogger(__name__)
-
-
-def expected_files(dataset: str) -> list[str]:
-    """Uncompressed IDX file names torchvision expects under ``<root>/<Class>/raw``."""
-    return [Path(url).stem for url, _ in DATASETS[dataset].torchvision_class.resources]
-
-
-def raw_folder(data_dir: str | Path, dataset: str) -> Path:
-    return Path(data_dir) / DATASETS[dataset].torchvision_class.__name__ / "raw"
 
 
 def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,7 +41,7 @@ def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[torch.T
     prefix, info = ("train" if train else "t10k"), DATASETS[dataset]
     folder = raw_folder(data_dir, dataset)
     check_split(folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte", info.image_shape[1:], len(info.class_names))
-    ds = info.torchvision_class(str(data_dir), train=train, download=False)
+    ds = getattr(datasets, info.folder)(str(data_dir), train=train, download=False)
     return ds.data, ds.targets
 
 
@@ -86,7 +52,7 @@ def missing_data_message(data_dir: str | Path, dataset: str, missing: Sequence[s
         f"{dataset} data not found in {raw_folder(data_dir, dataset)}: missing {what} "
         f"({', '.join(expected)}, uncompressed){f'; {reason}' if reason else ''}. "
         f"Put them there, or point DATA_DIR (or data.data_dir) at a folder holding "
-        f"{DATASETS[dataset].torchvision_class.__name__}/raw."
+        f"{DATASETS[dataset].folder}/raw."
     )
 
 
@@ -403,7 +369,7 @@ class MNISTDataModule(SplitDataModule):
         if not self.hparams.download:
             raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, "data.download=false"))
         try:
-            self.info.torchvision_class(self.hparams.data_dir, train=True, download=True)
+            getattr(datasets, self.info.folder)(self.hparams.data_dir, train=True, download=True)
         except Exception as err:  # no network, a mirror down, a bad checksum: all end the same way for the user
             reason = "download failed: " + " ".join(f"{type(err).__name__}: {err}".split())
             raise DataError(missing_data_message(self.hparams.data_dir, self.hparams.dataset, missing, reason)) from err
@@ -416,7 +382,7 @@ class MNISTDataModule(SplitDataModule):
     def _setup_torchvision(self, train_idx: torch.Tensor, val_idx: torch.Tensor, test_idx: torch.Tensor) -> None:
         to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize((self.info.mean,), (self.info.std,))])
         relabel = None if self.label_map is None else self.label_map.tolist().__getitem__
-        cls, root = self.info.torchvision_class, self.hparams.data_dir
+        cls, root = getattr(datasets, self.info.folder), self.hparams.data_dir
         train_full = cls(root, train=True, download=False, transform=to_tensor, target_transform=relabel)
         self.train_set = Subset(train_full, train_idx.tolist())
         self.val_set = Subset(train_full, val_idx.tolist())

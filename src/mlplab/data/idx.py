@@ -2,7 +2,8 @@
 
 A truncated download, a file still gzip-compressed, or a labels file from another dataset otherwise fails
 deep inside torchvision with a message about tensor shapes, or, worse, trains on garbage. The checks here
-read only the 16-byte headers, the file sizes and the labels (60 KB for MNIST), so every run can afford them.
+read only the 16-byte headers, the file sizes and the labels (60 KB for MNIST), so every run can afford them;
+they need no torch, so config validation reads the training set's size from its header before any heavy import.
 
 Layout: two zero bytes, a type byte (0x08: unsigned bytes), the number of dimensions, then each dimension as a
 big-endian uint32, then the values.
@@ -13,13 +14,22 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import torch
-
+from mlplab.choices import DATASETS
 from mlplab.errors import DataError
 
 UNSIGNED_BYTE = 0x08
 GZIP_MAGIC = b"\x1f\x8b"
 FIX = "replace it with a good copy, or delete it so that it is downloaded again"
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+def expected_files(dataset: str) -> list[str]:
+    """Uncompressed IDX file names torchvision expects under ``<root>/<Class>/raw`` (the same for every MNIST-family set)."""
+    return list(FILES)
+
+
+def raw_folder(data_dir: str | Path, dataset: str) -> Path:
+    return Path(data_dir) / DATASETS[dataset].folder / "raw"
 
 
 def read_header(path: str | Path) -> tuple[int, ...]:
@@ -63,10 +73,10 @@ def check_split(images_path: Path, labels_path: Path, image_size: tuple[int, int
             )
     if image_dims[0] != label_dims[0]:
         raise DataError(f"{images_path} holds {image_dims[0]} images but {labels_path} holds {label_dims[0]} labels: {FIX}")
-    labels = torch.frombuffer(bytearray(labels_path.read_bytes()[8:]), dtype=torch.uint8)
-    if len(labels) and int(labels.max()) >= num_classes:
-        index = int((labels >= num_classes).nonzero()[0])
+    labels = labels_path.read_bytes()[8:]
+    if labels and max(labels) >= num_classes:
+        index = next(i for i, label in enumerate(labels) if label >= num_classes)
         raise DataError(
-            f"{labels_path} has label {int(labels[index])} at index {index}, outside 0..{num_classes - 1}: "
+            f"{labels_path} has label {labels[index]} at index {index}, outside 0..{num_classes - 1}: "
             f"not this dataset's labels? {FIX}"
         )

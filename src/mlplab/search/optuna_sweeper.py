@@ -22,7 +22,6 @@ import os
 import shlex
 import socket
 import sys
-from difflib import get_close_matches
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +41,7 @@ try:
 except ImportError:  # the `sweep` extra is not installed; Hydra still imports this module whenever it starts
     optuna = None
 
-from mlplab.config import dotted_keys
+from mlplab.config import unknown_key
 from mlplab.errors import ConfigError, exit_with
 from mlplab.rules import problems
 from mlplab.search.studies import build_pruner, open_storage, trial_by_number
@@ -109,23 +108,22 @@ class SearchSpace:
                 raise ValueError(f"{type(sweep).__name__} is not a search space")
         except ValueError as err:
             raise ConfigError(f"search space {override.input_line}: {err}; allowed: {SYNTAX}") from err
-        self.check_values(key, candidates, config, override.input_line)
+        self.check_values(override, candidates, config)
         self.distributions[key] = dist
 
     @staticmethod
-    def check_values(key: str, candidates: list[Any], config: DictConfig, entry: str) -> None:
+    def check_values(override: Override, candidates: list[Any], config: DictConfig) -> None:
         """Every choice, and both ends of a range, must be a value the config accepts (mlplab.rules)."""
-        name = key.lstrip("+~")
-        if OmegaConf.select(config, name, default=ABSENT) is ABSENT and not key.startswith("+"):
-            close = get_close_matches(name, list(dotted_keys(OmegaConf.to_container(config, resolve=False))), n=1)
-            raise ConfigError(f"search space {entry}: {name} is not a setting"
-                              + (f"; did you mean {close[0]}?" if close else "; to add a new key: +" + name))
+        name = override.get_key_element().lstrip("+~")
+        if OmegaConf.select(config, name, default=ABSENT) is ABSENT and not override.is_add():
+            raise ConfigError(f"search space {override.input_line}: "
+                              f"{unknown_key(OmegaConf.to_container(config, resolve=False), override)}")
         if isinstance(OmegaConf.select(config, name, default=None), DictConfig):
             return  # a config group's options: Hydra checks the names
         for value in candidates:
             found = problems({name: value})
             if found:
-                raise ConfigError(f"search space {entry}: {found[0]}")
+                raise ConfigError(f"search space {override.input_line}: {found[0]}")
 
     def overrides(self, params: dict[str, Any]) -> list[str]:
         return [f"{key}={self.choice_texts.get(key, {}).get(value, override_value(value))}" for key, value in params.items()]
@@ -195,13 +193,6 @@ class OptunaSearch(Sweeper):
                 fixed.append(override.input_line)
         return space, fixed
 
-    def check_settings(self) -> None:
-        if self.direction not in ("minimize", "maximize"):
-            raise ConfigError(f"hydra.sweeper.direction={self.direction} must be minimize or maximize")
-        for name in ("n_trials", "n_jobs"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"hydra.sweeper.{name}={getattr(self, name)} must be an integer >= 1")
-
     def open_study(self) -> Any:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial from Optuna repeats Hydra's own
         self.storage_url = self.storage or str(self.sweep_dir / JOURNAL)
@@ -231,7 +222,6 @@ class OptunaSearch(Sweeper):
         if optuna is None:
             exit_with(ConfigError("hydra/sweeper=mlplab_optuna needs Optuna: pip install -e '.[sweep]'"))
         try:
-            self.check_settings()
             space, fixed = self.search_space(arguments)
             study = self.open_study()
         except ConfigError as err:

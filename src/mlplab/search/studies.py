@@ -16,10 +16,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hydra.utils import instantiate
+
 from mlplab.errors import ConfigError
+from mlplab.search.optuna_configs import PRUNERS
 
 if TYPE_CHECKING:
     import optuna
+
 
 def is_rdb_url(storage: str) -> bool:
     return "://" in storage
@@ -47,9 +51,6 @@ def open_storage(storage: str) -> optuna.storages.BaseStorage:
 def build_pruner(spec: Any) -> optuna.pruners.BasePruner:
     """A pruner from its name (``median``, with its config's defaults), from None (no pruning), or as Hydra built it."""
     import optuna
-    from hydra.utils import instantiate
-
-    from mlplab.search.optuna_configs import PRUNERS
 
     if spec is None:
         spec = "none"

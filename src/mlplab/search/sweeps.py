@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
@@ -41,7 +40,7 @@ from omegaconf import DictConfig
 
 from mlplab.config import available_cores
 from mlplab.errors import ConfigError, user_error_in
-from mlplab.tracking import read_tracker_runs
+from mlplab.run_record import read_tracker_runs
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +111,8 @@ def recorded_sweep_job(task: Callable[[DictConfig], float]) -> Callable[[DictCon
         hydra_cfg = HydraConfig.get()
         multirun = hydra_cfg.mode == RunMode.MULTIRUN
         threads = job_threads(cfg, hydra_cfg.launcher if multirun else None)
+        import torch  # in the job, after validation: Hydra loads this module at every start
+
         if threads:
             torch.set_num_threads(threads)
         if not multirun:
