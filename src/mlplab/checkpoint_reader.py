@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import shlex
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +31,7 @@ from mlplab.data.image_folder import ImageFolderDataModule
 from mlplab.models import MLP
 from mlplab.classifier import ClassifierModule
 from mlplab.rules import check, shown
-from mlplab.run_dirs import command_line_overrides
+from mlplab.run_dirs import command_line_overrides, entry_point
 from mlplab.run_record import CHECKPOINT_KEY, RUN_RECORD, note_checkpoint
 
 log = logging.getLogger(__name__)
@@ -239,7 +238,7 @@ def refuse_misfit(ckpt_path: str | Path, net: dict[str, Any] | None, data: dict[
     kept = [arg for arg in arguments if not overrides_any(arg, changed)
             and not (group_is_optional and arg.split(".", 1)[0] in dropped_groups)]
     raise ConfigError(f"ckpt_path={ckpt_path} does not fit this config: {what}; run it with: "
-                      f"{shlex.join(['python', Path(sys.argv[0]).name, *kept])}")
+                      f"{shlex.join(['python', entry_point(), *kept])}")
 
 
 def plain(value: Any) -> Any:

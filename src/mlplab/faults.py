@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -35,7 +34,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from mlplab.checkpoint_reader import kept_checkpoint, last_checkpoint
 from mlplab.errors import TrainingDiverged, UserError
 from mlplab.rules import check
-from mlplab.run_dirs import command_line_overrides, resume_command
+from mlplab.run_dirs import command_line_overrides, entry_point, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +117,7 @@ class ReportInterruption(L.Callback):
         last = last_checkpoint(trainer)
         resume = ""
         if last:
-            resume = "; resume with: " + resume_command(sys.argv[0], command_line_overrides(), last, trainer.default_root_dir)
+            resume = "; resume with: " + resume_command(entry_point(), command_line_overrides(), last, trainer.default_root_dir)
         log.warning("interrupted by %s %s: %s%s", signal_name, where, kept_checkpoint(trainer), resume)
 
 

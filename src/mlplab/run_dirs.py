@@ -95,6 +95,12 @@ def resume_command(entry_point: str, overrides: list[str], checkpoint: str | Pat
     return shlex.join(["python", entry_point, *kept, f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}"])
 
 
+def entry_point() -> str:
+    """The script this process runs (``train.py``): the one place the package reads it from the command line."""
+    script = Path(sys.argv[0])
+    return script.name if script.suffix == ".py" else "train.py"
+
+
 def command_line_overrides() -> list[str]:
     """This run's overrides: Hydra's record of them (one job's values in a multirun), else the command line."""
     if HydraConfig.initialized():

@@ -36,7 +36,7 @@ from omegaconf import DictConfig
 
 from mlplab.data.idx import expected_files, raw_folder
 from mlplab.errors import TrainingDiverged, user_error_in
-from mlplab.run_dirs import command_line_overrides, resume_command
+from mlplab.run_dirs import command_line_overrides, entry_point, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -158,8 +158,7 @@ class RunRecord:
 
     def __init__(self, cfg: DictConfig, output_dir: Path, overrides: list[str]) -> None:
         self.path = Path(output_dir) / RUN_RECORD
-        entry_point = Path(sys.argv[0]).name if sys.argv[0].endswith(".py") else "train.py"
-        command = shlex.join(["python", entry_point, *overrides])
+        command = shlex.join(["python", entry_point(), *overrides])
         self.data: dict[str, Any] = {
             "task": cfg.get("task_name"),
             "run_dir": str(Path(output_dir).resolve()),
@@ -188,7 +187,7 @@ class RunRecord:
         self._resume = None  # (checkpoint, command): offered once the checkpoint exists
         if "ckpt_path" in cfg and last.get("dirpath"):
             checkpoint = Path(last.dirpath) / f"{last.get('filename') or 'last'}.ckpt"
-            self._resume = checkpoint, resume_command(entry_point, overrides, checkpoint, output_dir)
+            self._resume = checkpoint, resume_command(entry_point(), overrides, checkpoint, output_dir)
         repo = code_root()
         self.data["git"], diff = git_state(repo)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -220,13 +219,16 @@ def note_data(datamodule: Any) -> dict[str, str]:
     hparams = getattr(datamodule, "hparams", {})
     if "dataset" not in hparams or "data_dir" not in hparams:
         return {}
+    data_dir = str(Path(hparams["data_dir"]).resolve())
+    if _active is not None and _active.data.get("data_dir") == data_dir and _active.data.get("data_sha256"):
+        return _active.data["data_sha256"]  # hashed once per run: finetune and eval ask again for the same files
     try:
         hashes = data_file_hashes(hparams["dataset"], hparams["data_dir"])
     except (OSError, KeyError) as err:
         log.warning("could not hash the data files: %s", err)
         return {}
     if _active is not None:
-        _active.update(data_dir=str(Path(hparams["data_dir"]).resolve()), data_sha256=hashes)
+        _active.update(data_dir=data_dir, data_sha256=hashes)
     return hashes
 
 

@@ -15,7 +15,6 @@ metrics are Lightning's ``self.log`` values, which every logger receives.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path

@@ -26,7 +26,7 @@ from torchvision import datasets, transforms
 from mlplab.data.augment import BatchAugment
 from mlplab.errors import ConfigError, DataError
 from mlplab.rules import check, split_problems
-from mlplab.choices import DATASETS, LOADERS, DatasetInfo
+from mlplab.choices import DATASETS, DatasetInfo
 from mlplab.data.idx import check_split, expected_files, raw_folder
 
 

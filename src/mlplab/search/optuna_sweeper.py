@@ -21,7 +21,6 @@ import math
 import os
 import shlex
 import socket
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +42,7 @@ except ImportError:  # the `sweep` extra is not installed; Hydra still imports t
 
 from mlplab.config import unknown_key
 from mlplab.errors import ConfigError, exit_with
+from mlplab.run_dirs import entry_point
 from mlplab.rules import problems
 from mlplab.search.studies import build_pruner, open_storage, trial_by_number
 from mlplab.search.sweeps import JOB_RECORD, STUDY_REPORT
@@ -327,7 +327,7 @@ class OptunaSearch(Sweeper):
         if states[TrialState.COMPLETE]:
             best = study.best_trial
             overrides = fixed + space.overrides(best.params)
-            command = shlex.join(["python", sys.argv[0], *overrides])
+            command = shlex.join(["python", entry_point(), *overrides])
             (self.sweep_dir / "best_overrides.txt").write_text("\n".join(overrides) + "\n")
             record = {"study_name": study.study_name, "storage": self.storage_url, "trial": best.number,
                       "value": best.value, "params": best.params, "overrides": overrides, "command": command}
