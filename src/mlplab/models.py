@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from mlplab.rules import check
+from mlplab.rules import check_arguments
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {  # the names are mlplab.choices.ACTIVATIONS (tests compare)
     "relu": nn.ReLU,
@@ -35,8 +35,7 @@ class MLP(nn.Module):
         batch_norm: bool = False,
     ) -> None:
         super().__init__()
-        check({"model.hidden_dims": hidden_dims, "model.activation": activation, "model.dropout": dropout,
-               "model.batch_norm": batch_norm})
+        check_arguments("model", locals())
         layers: list[nn.Module] = [nn.Flatten()]
         width_in = in_features
         for width in hidden_dims:

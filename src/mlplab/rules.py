@@ -335,6 +335,12 @@ def check(values: Mapping[str, Any]) -> None:
         raise ConfigError("; ".join(found))
 
 
+def check_arguments(section: str, arguments: Mapping[str, Any]) -> None:
+    """``check`` for a constructor's own arguments, by parameter name: ``MLP(dropout=1.5)`` is checked as
+    ``model.dropout``, the key its config sets. Arguments without a rule (``in_features``, ``self``) pass."""
+    check({f"{section}.{name}": value for name, value in arguments.items() if name != "self"})
+
+
 # --- rules between keys, and against the data ------------------------------------------------------------------
 
 def relation_problems(values: Mapping[str, Any], prefix: str = "data.") -> list[str]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlplab.rules import check
+from mlplab.rules import check_arguments
 
 
 class BatchAugment(nn.Module):
@@ -46,10 +46,7 @@ class BatchAugment(nn.Module):
         enabled: bool = True,
     ) -> None:
         super().__init__()
-        check({"data.augment.translate": translate, "data.augment.degrees": degrees, "data.augment.scale": scale,
-               "data.augment.hflip": hflip, "data.augment.elastic_alpha": elastic_alpha,
-               "data.augment.elastic_sigma": elastic_sigma, "data.augment.erasing": erasing,
-               "data.augment.erasing_scale": list(erasing_scale), "data.augment.enabled": enabled})
+        check_arguments("data.augment", locals())
         self.translate, self.degrees, self.scale, self.hflip = translate, degrees, scale, hflip
         self.elastic_alpha, self.elastic_sigma = elastic_alpha, elastic_sigma
         self.erasing, self.erasing_scale = erasing, tuple(erasing_scale)

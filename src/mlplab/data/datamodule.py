@@ -25,7 +25,7 @@ from torchvision import datasets, transforms
 
 from mlplab.data.augment import BatchAugment
 from mlplab.errors import ConfigError, DataError
-from mlplab.rules import check, split_problems
+from mlplab.rules import check, check_arguments, split_problems
 from mlplab.choices import DATASETS, DatasetInfo
 from mlplab.data.idx import check_split, expected_files, raw_folder
 
@@ -355,8 +355,7 @@ class MNISTDataModule(SplitDataModule):
         download: bool = True,
         **split_settings: Any,
     ) -> None:
-        check({"data.dataset": dataset, "data.data_dir": data_dir, "data.loader": loader, "data.num_workers": num_workers,
-               "data.download": download} | split_keys(split_settings))  # all at once: one line names every problem
+        check_arguments("data", locals() | split_settings)  # all at once: one line names every problem
         super().__init__(**split_settings)
         self.info = DATASETS[dataset]
 
