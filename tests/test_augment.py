@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_config
 
-from mlplab.data.augment import BatchAugment
+from conftest import compose_config
 from mlplab.config import validate
+from mlplab.data.augment import BatchAugment
 from mlplab.errors import ConfigError
 from mlplab.pipeline import train
 

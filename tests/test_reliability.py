@@ -28,10 +28,10 @@ from mlplab.checkpoint_writer import AtomicCheckpointIO, RandomState
 from mlplab.cli import run
 from mlplab.config import ValidateBeforeRun, validate, validate_sweep
 from mlplab.data.datamodule import MNISTDataModule, load_split
-from mlplab.errors import ConfigError, DataError
-from mlplab.errors import TrainingDiverged
+from mlplab.errors import ConfigError, DataError, TrainingDiverged
 from mlplab.faults import StopOnDivergence
 from mlplab.pipeline import train
+
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]

@@ -7,14 +7,14 @@ import pytest
 from omegaconf import OmegaConf, open_dict
 
 from conftest import CONF_DIR, compose_config
-from mlplab.search.optuna_configs import PRUNERS, SAMPLERS
-from mlplab.data.augment import BatchAugment
 from mlplab.config import validate, validate_sweep
+from mlplab.data.augment import BatchAugment
 from mlplab.data.datamodule import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.models import MLP
 from mlplab.pipeline import build_datamodule, build_module
 from mlplab.rules import rule_for
+from mlplab.search.optuna_configs import PRUNERS, SAMPLERS
 
 ENTRY_POINTS = {
     "train": [[f"{group}={option}"] for group in ("optimizer", "scheduler", "trainer", "logger")
