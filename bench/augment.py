@@ -27,8 +27,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from mlplab.data.augment import BatchAugment  # noqa: E402
 from mlplab.choices import DATASETS  # noqa: E402
+from mlplab.data.augment import BatchAugment  # noqa: E402
 from mlplab.data.datamodule import load_split  # noqa: E402
 from mlplab.models import MLP  # noqa: E402
 
@@ -107,11 +107,11 @@ def main() -> None:
     times = {(name, side): [] for name in PIPELINES for side in (0, 1)}
     for rep in range(args.reps + 5):  # round robin over pipelines and sides; the first 5 rounds warm up
         for name, (ours, theirs) in pairs.items():
-            for side, fn in enumerate((lambda x: ours(x, fill=fill), theirs)):
+            for side, fn in enumerate((lambda x, ours=ours: ours(x, fill=fill), theirs)):
                 elapsed = timed(fn, images)
                 if rep >= 5:
                     times[name, side].append(elapsed)
-    print(f"\n| pipeline | mlplab BatchAugment ms | kornia ms | kornia / mlplab |\n|---|---|---|---|")
+    print("\n| pipeline | mlplab BatchAugment ms | kornia ms | kornia / mlplab |\n|---|---|---|---|")
     for name in PIPELINES:
         a, b = statistics.median(times[name, 0]), statistics.median(times[name, 1])
         print(f"| {name} | {a:.2f} | {b:.2f} | {b / a:.1f}x |")

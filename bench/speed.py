@@ -57,7 +57,7 @@ def flops_per_sample(in_features: int = 784, hidden: list[int] = HIDDEN, classes
     """Matmul FLOPs of one training sample: forward 2mn per layer, backward 4mn (2mn for the first layer,
     whose input needs no gradient)."""
     widths = [in_features, *hidden, classes]
-    layers = list(zip(widths[:-1], widths[1:]))
+    layers = list(zip(widths[:-1], widths[1:], strict=True))
     return sum((4 if i == 0 else 6) * m * n for i, (m, n) in enumerate(layers))
 
 
@@ -155,9 +155,9 @@ def mlplab_trainer(args, device, turns: Turns, precision: str) -> None:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from mlplab.timing import EpochTimer
     from mlplab.config import validate
     from mlplab.pipeline import build
+    from mlplab.timing import EpochTimer
 
     class TakeTurns(L.Callback):
         """Waits for its turn before each epoch; reports the epoch's training time once its validation is done."""

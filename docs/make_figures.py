@@ -28,7 +28,7 @@ def per_epoch(events: EventAccumulator, tag: str) -> list[float]:
 
 def learning_curves(events: EventAccumulator) -> Figure:
     fig = Figure(figsize=(9, 3.2), dpi=100, layout="constrained")
-    for ax, metric, label in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy loss", "accuracy")):
+    for ax, metric, label in zip(fig.subplots(1, 2), ("loss", "acc"), ("cross-entropy loss", "accuracy"), strict=True):
         for split, style in (("train", "-o"), ("val", "-s")):
             values = per_epoch(events, f"{split}/{metric}")
             ax.plot(range(1, len(values) + 1), values, style, markersize=3, label=split)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import compose_config
 
-from mlplab.data.augment import BatchAugment
+from conftest import compose_config
 from mlplab.config import validate
+from mlplab.data.augment import BatchAugment
 from mlplab.errors import ConfigError
 from mlplab.pipeline import train
 
@@ -108,4 +108,6 @@ def test_a_run_with_every_new_augmentation_on_learns(data_dir, tmp_path):
     """The Fashion-MNIST recipe (mirror) plus elastic distortion and erasing, through the Trainer as train.py runs it."""
     cfg = compose_config("train", ["debug=fast", "data=fashion_mnist", f"data.data_dir={data_dir}", "data.augment.elastic_alpha=8",
                                    "data.augment.erasing=0.5", "trainer.max_epochs=3"], tmp_path)
-    assert train(cfg) > 0.3  # validation accuracy; chance is 0.1
+    # validation accuracy (100 images); chance is 0.1. Measured: 0.71 here, 0.67 at seeds 1 and 2 and without
+    # augmentation: augmenting this hard must cost the synthetic data little
+    assert train(cfg) >= 0.6

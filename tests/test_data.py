@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DistributedSampler
 
 from mlplab.data.datamodule import MNISTDataModule, TensorLoader, load_split, sampler_order
-from torch.utils.data import DistributedSampler
 
 
 def make_datamodule(data_dir: Path, **kwargs) -> MNISTDataModule:

@@ -67,7 +67,7 @@ def fit_and_test(data_dir, tmp_path, loader: str) -> float:
 
 def test_tensor_and_torchvision_paths_reach_the_same_accuracy(data_dir, tmp_path):
     fast, classic = fit_and_test(data_dir, tmp_path, "tensor"), fit_and_test(data_dir, tmp_path, "torchvision")
-    assert fast > 0.5 and classic > 0.5  # chance is 0.1
+    assert fast > 0.65 and classic > 0.65  # chance is 0.1; measured 0.74 and 0.75 (3 standard errors of margin)
     # Same data, model and number of steps; only the batch order's randomness differs (200 test images:
     # one standard error of an accuracy near 0.75 is 0.03).
     assert abs(fast - classic) <= 0.08

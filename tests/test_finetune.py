@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from conftest import compose_config, run_script
+from mlplab.checkpoint_reader import load_pretrained
 from mlplab.data.datamodule import MNISTDataModule, load_split
 from mlplab.errors import ConfigError, UserError
 from mlplab.finetune import finetune, hidden_layers, layer_freezing, pretrained_module
 from mlplab.models import MLP
 from mlplab.pipeline import build_datamodule, train
-from mlplab.checkpoint_reader import load_pretrained
 
 SMALL = ["debug=fast", "data.batch_size=64", "trainer.accelerator=cpu"]  # 8 steps an epoch on the 500 training images
 

@@ -13,9 +13,9 @@ import torch
 from conftest import CONF_DIR, compose_config
 from mlplab.config import refuse_unknown_overrides
 from mlplab.data.datamodule import load_split
+from mlplab.data.pictures import read_grayscale
 from mlplab.errors import DataError, UserError
 from mlplab.pipeline import train
-from mlplab.data.pictures import read_grayscale
 
 
 def png_chunk(kind: bytes, data: bytes) -> bytes:

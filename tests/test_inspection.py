@@ -23,13 +23,14 @@ from torch.utils.tensorboard import SummaryWriter
 from conftest import compose_config, run_script
 from mlplab.checkpoint_reader import load_trained
 from mlplab.data.datamodule import load_split
+from mlplab.data.pictures import read_grayscale, to_model_input
 from mlplab.errors import DataError, UserError
 from mlplab.evaluation import evaluate
 from mlplab.export import export
-from mlplab.pipeline import train
-from mlplab.data.pictures import read_grayscale, to_model_input
-from mlplab.prediction import predict
 from mlplab.inspection import add_summary, experiment_summary
+from mlplab.pipeline import train
+from mlplab.prediction import predict
+
 
 @pytest.fixture(scope="module")
 def tiny_run(data_dir, tmp_path_factory) -> Path:

@@ -6,9 +6,9 @@ import json
 import math
 
 import pytest
-from conftest import compose_config, run_script
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from conftest import compose_config, run_script
 from mlplab.config import validate
 from mlplab.errors import ConfigError
 

@@ -12,17 +12,16 @@ import pytest
 import torch
 from PIL import Image
 
-
 from conftest import compose_config, run_script, synthetic_digits
+from mlplab.checkpoint_reader import load_trained
 from mlplab.data.csv_data import CSVDataModule
-from mlplab.errors import ConfigError, DataError
 from mlplab.data.image_folder import ImageFolderDataModule
 from mlplab.data.pictures import prepare_picture
+from mlplab.errors import ConfigError, DataError
 from mlplab.evaluation import evaluate
 from mlplab.finetune import finetune
 from mlplab.pipeline import train
 from mlplab.prediction import predict
-from mlplab.checkpoint_reader import load_trained
 
 TINY = ["debug=fast", "trainer.max_epochs=2", "data.batch_size=16"]
 CLASSES = ("circle", "cross", "bar")
@@ -72,7 +71,7 @@ def write_table(path: Path, n: int = 240, seed: int = 0) -> None:
     with open(path, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["length", "width", "weight", "noise", "species"])
-        for row, label in zip(features.round(4), species):
+        for row, label in zip(features.round(4), species, strict=True):
             writer.writerow([*row, label + 1])
 
 
@@ -237,7 +236,7 @@ def bad_folder(tmp_path: Path, case: str) -> tuple[Path, str]:
 def test_bad_folders_are_one_line_errors(tmp_path, case):
     root, message = bad_folder(tmp_path, case)
     with pytest.raises(DataError) as err:
-        image_folder(root, tmp_path / "cache", val_size=1).data
+        _ = image_folder(root, tmp_path / "cache", val_size=1).data
     assert message in str(err.value) and "\n" not in str(err.value)
 
 

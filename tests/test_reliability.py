@@ -21,17 +21,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from conftest import ROOT, compose_config, make_dataset, run_script
 from mlplab.checkpoint_writer import AtomicCheckpointIO, RandomState
 from mlplab.cli import run
 from mlplab.config import ValidateBeforeRun, validate, validate_sweep
 from mlplab.data.datamodule import MNISTDataModule, load_split
-from mlplab.errors import ConfigError, DataError
-from mlplab.errors import TrainingDiverged
+from mlplab.errors import ConfigError, DataError, TrainingDiverged
 from mlplab.faults import StopOnDivergence
 from mlplab.pipeline import train
+
 
 def error_lines(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in (result.stdout + result.stderr).splitlines() if "error:" in line]
@@ -80,10 +80,22 @@ def test_every_problem_is_reported_at_once(data_dir):
         validate(cfg)
 
 
-@pytest.mark.parametrize("group", ["optimizer=sgd", "optimizer=adamw", "scheduler=plateau", "data=kmnist",
-                                   "+experiment=tutorial", "trainer=ddp", "callbacks.early_stopping=null"])
-def test_shipped_configs_are_valid(group, data_dir):
-    validate(compose_config("train", [group, "data.val_size=100", "data.batch_size=32", f"data.data_dir={data_dir}"]))
+SHIPPED = [  # an option, and a key of the composed config that shows it was applied
+    ("optimizer=sgd", "optimizer._target_", "torch.optim.SGD"),
+    ("optimizer=adamw", "optimizer._target_", "torch.optim.AdamW"),
+    ("scheduler=plateau", "scheduler.scheduler._target_", "torch.optim.lr_scheduler.ReduceLROnPlateau"),
+    ("data=kmnist", "data.dataset", "kmnist"),
+    ("+experiment=tutorial", "model.hidden_dims", [512, 256]),
+    ("trainer=ddp", "trainer.strategy._target_", "lightning.pytorch.strategies.DDPStrategy"),
+    ("callbacks.early_stopping=null", "callbacks.early_stopping", None),
+]
+
+
+@pytest.mark.parametrize(("group", "key", "expected"), SHIPPED, ids=[group for group, _, _ in SHIPPED])
+def test_shipped_configs_are_valid(group, key, expected, data_dir):
+    cfg = compose_config("train", [group, "data.val_size=100", "data.batch_size=32", f"data.data_dir={data_dir}"])
+    validate(cfg)  # raises ConfigError on any value a rule refuses
+    assert OmegaConf.select(cfg, key) == expected  # the option was applied, not only accepted
 
 
 def with_command_line(cfg, overrides: list[str], choices: dict[str, str]):

@@ -35,7 +35,7 @@ def test_runs_and_sweeps_started_together_never_share_a_directory(data_dir, tmp_
     assert sorted(seeds) == [1, 2, 3, 4]
     results = [json.loads((run / "metrics.json").read_text()) for run in runs]
     assert len({r["val/loss"] for r in results}) == 4  # each seed's own result, none overwritten
-    assert all(Path(r["best_ckpt"]).parent.parent == run for r, run in zip(results, runs))
+    assert all(Path(r["best_ckpt"]).parent.parent == run for r, run in zip(results, runs, strict=True))
 
     sweeps = sorted((tmp_path / "logs" / "train" / "multiruns").iterdir())
     assert len(sweeps) == 2

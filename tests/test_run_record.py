@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_script, synthetic_digits, write_idx
 
+from conftest import ROOT, run_script, synthetic_digits, write_idx
 from mlplab.run_record import git_state, sha256
 
 FAST = ["debug=fast"]

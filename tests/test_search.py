@@ -15,15 +15,15 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from hydra.utils import instantiate
 from optuna.trial import TrialState
 
 from conftest import ROOT, compose_config, run_script
-from test_sweeps import job_files, read_csv, sweep
-from hydra.utils import instantiate
+from mlplab.errors import ConfigError
 from mlplab.search.optuna_configs import PRUNERS, SAMPLERS
 from mlplab.search.optuna_sweeper import NOT_COUNTED, OWNER, OptunaSearch, SearchSpace
-from mlplab.errors import ConfigError
 from mlplab.search.studies import open_storage, trial_by_number
+from test_sweeps import job_files, read_csv, sweep
 
 SEARCH = ["hparams_search=mlp_optuna", "model.hidden_dims=choice([8],[16])", "hydra.sweeper.sampler.n_startup_trials=2",
           "hydra/sweeper/pruner=none", "data.batch_size=32"]  # a fixed batch: 512 is more than the 500 training images

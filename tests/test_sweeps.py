@@ -18,6 +18,7 @@ from mlplab.data.datamodule import MNISTDataModule, load_split, split_folds
 from mlplab.errors import ConfigError
 from mlplab.search.sweeps import SweepSummary, available_cores, job_threads
 
+
 def sweep(sweep_dir: Path, *args: str, data_dir: Path):
     """`python train.py -m debug=fast <args>`: one epoch of each job on the synthetic data (args win)."""
     result = run_script("train.py", "-m", "debug=fast", *args, f"hydra.sweep.dir={sweep_dir}", data_dir=data_dir)

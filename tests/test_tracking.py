@@ -8,9 +8,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_script
 from mlflow.tracking import MlflowClient
 from wandb.proto.wandb_internal_pb2 import Record
+
+from conftest import run_script
 
 FAST = ["debug=fast", "trainer.max_epochs=2"]
 

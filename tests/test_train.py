@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from conftest import REAL_DATA_DIR, compose_config, requires_real_mnist, run_script
+from mlplab.classifier import ClassifierModule
 from mlplab.data.datamodule import MNISTDataModule
 from mlplab.errors import ConfigError, UserError
-from mlplab.classifier import ClassifierModule
 from mlplab.pipeline import monitored_value, train
 
 FAST = ["debug=fast", "logger=tensorboard", "model.hidden_dims=[512,256]"]  # in seconds, the default logger, a real-sized network

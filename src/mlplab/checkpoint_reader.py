@@ -23,13 +23,13 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlplab.data.csv_data import CSVDataModule
 from mlplab.choices import DATASETS, DatasetInfo
-from mlplab.data.datamodule import MNISTDataModule, SplitDataModule, class_names
-from mlplab.errors import ConfigError, UserError
-from mlplab.data.image_folder import ImageFolderDataModule
-from mlplab.models import MLP
 from mlplab.classifier import ClassifierModule
+from mlplab.data.csv_data import CSVDataModule
+from mlplab.data.datamodule import MNISTDataModule, SplitDataModule, class_names
+from mlplab.data.image_folder import ImageFolderDataModule
+from mlplab.errors import ConfigError, UserError
+from mlplab.models import MLP
 from mlplab.rules import check, shown
 from mlplab.run_dirs import command_line_overrides, entry_point
 from mlplab.run_record import CHECKPOINT_KEY, RUN_RECORD, note_checkpoint

@@ -31,11 +31,10 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mlplab.choices import DATASETS
-from mlplab.errors import ConfigError, DataError, exit_with, reported_as_one_line
 from mlplab.data.idx import raw_folder, read_header
+from mlplab.errors import ConfigError, DataError, exit_with, reported_as_one_line
 from mlplab.rules import REQUIRED, problem, problems, range_problems, relation_problems, split_problems
 from mlplab.run_dirs import refuse_used_dir
-
 
 
 def validate(cfg: DictConfig) -> None:

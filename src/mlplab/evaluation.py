@@ -32,9 +32,9 @@ from torchmetrics.classification import (
 from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config, refuse_misfit
 from mlplab.data.datamodule import MNISTDataModule
 from mlplab.errors import ConfigError
-from mlplab.rules import check
 from mlplab.figures import confusion_matrix_figure, image_grid_figure, to_display
 from mlplab.pipeline import build_datamodule, build_trainer
+from mlplab.rules import check
 from mlplab.run_record import note_data, warn_if_data_changed
 from mlplab.tracking import image_loggers, log_figure
 
@@ -72,7 +72,7 @@ class ClassificationReport:
         return [
             {"class": name, "precision": round(float(p), 4), "recall": round(float(r), 4), "f1": round(float(f), 4),
              "support": int(s)}
-            for name, p, r, f, s in zip(self.class_names, self.precision, self.recall, self.f1, self.support)
+            for name, p, r, f, s in zip(self.class_names, self.precision, self.recall, self.f1, self.support, strict=True)
         ]
 
     def most_confused(self, count: int = 5) -> list[dict[str, Any]]:
@@ -82,7 +82,7 @@ class ClassificationReport:
         n = len(self.class_names)
         return [
             {"true": self.class_names[i // n], "predicted": self.class_names[i % n], "count": int(v)}
-            for v, i in zip(values[:count].tolist(), flat[:count].tolist())
+            for v, i in zip(values[:count].tolist(), flat[:count].tolist(), strict=True)
             if v > 0
         ]
 
@@ -101,7 +101,7 @@ class ClassificationReport:
         titles = [
             f"{self.class_names[t]} -> {self.class_names[p]} ({c:.2f})"
             for t, p, c in zip(self.mistakes_true.tolist(), self.mistakes_predicted.tolist(),
-                               self.mistakes_confidence.tolist())
+                               self.mistakes_confidence.tolist(), strict=True)
         ]
         title = f"{self.split}: most confident mistakes, true -> predicted (probability)"
         return image_grid_figure(self.mistakes_images, titles, columns=8, title=title)
@@ -146,7 +146,7 @@ class ErrorAnalysis(L.Callback):
         wrong = predicted != labels
         images = images if images.dim() > 2 else images[:, :0]
         new = (images[wrong].float().cpu(), labels[wrong].cpu(), predicted[wrong].cpu(), confidence[wrong].cpu())
-        kept = [torch.cat(pair) for pair in zip(self._mistakes, new)]
+        kept = [torch.cat(pair) for pair in zip(self._mistakes, new, strict=True)]
         order = kept[3].argsort(descending=True)[: self.max_mistakes]
         self._mistakes = tuple(tensor[order] for tensor in kept)
 

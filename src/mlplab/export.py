@@ -21,8 +21,8 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from mlplab.choices import EXPORT_FORMATS
 from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config
+from mlplab.choices import EXPORT_FORMATS
 from mlplab.errors import ConfigError, UserError
 from mlplab.rules import check
 

@@ -19,10 +19,10 @@ from torch import nn
 from torch.optim import Optimizer
 
 from mlplab.checkpoint_reader import PretrainedNet, load_pretrained, refuse_misfit, report_origin
+from mlplab.classifier import ClassifierModule
 from mlplab.config import validate
 from mlplab.data.datamodule import MNISTDataModule
 from mlplab.errors import ConfigError
-from mlplab.classifier import ClassifierModule
 from mlplab.pipeline import build_datamodule, build_module, build_trainer, compile_network, fit_and_report, start_run
 from mlplab.rules import check, problem
 from mlplab.run_record import note_data, warn_if_data_changed

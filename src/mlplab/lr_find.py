@@ -37,7 +37,7 @@ ONE_CYCLE_BELOW_MINIMUM = 10  # one-cycle peak = LR at the lowest loss / this
 def one_cycle_peak(lrs: list[float], losses: list[float], steepest: int) -> float:
     """A tenth of the LR at which the (smoothed) loss is lowest, searched from the steepest descent (index
     ``steepest``) on: before it the loss has not started to fall, and noise there must not win."""
-    finite = [(loss, lr) for lr, loss in list(zip(lrs, losses))[steepest:] if math.isfinite(loss)]
+    finite = [(loss, lr) for lr, loss in list(zip(lrs, losses, strict=True))[steepest:] if math.isfinite(loss)]
     return min(finite)[1] / ONE_CYCLE_BELOW_MINIMUM
 
 

@@ -20,12 +20,12 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from mlplab.checkpoint_reader import refuse_misfit
+from mlplab.classifier import ClassifierModule
 from mlplab.config import validate
 from mlplab.data.datamodule import MNISTDataModule
 from mlplab.errors import UserError
 from mlplab.faults import is_collective_failure, lost_workers
-from mlplab.classifier import ClassifierModule
-from mlplab.checkpoint_reader import refuse_misfit
 from mlplab.run_record import note_data
 from mlplab.tracking import record_outcome
 

@@ -16,11 +16,11 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlplab.data.csv_data import kaggle_images
 from mlplab.checkpoint_reader import load_trained_from_config
+from mlplab.data.csv_data import kaggle_images
+from mlplab.data.pictures import find_images, prepare_picture
 from mlplab.errors import ConfigError, UserError
 from mlplab.figures import image_grid_figure
-from mlplab.data.pictures import find_images, prepare_picture
 from mlplab.rules import check, problem
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         probabilities = trained.module(((pictures - info.mean) / info.std).unsqueeze(1)).softmax(1)
     top = probabilities.topk(cfg.top_k, dim=1)
     rows = [
-        {"file": str(path), "top": [(names[i], round(p, 4)) for i, p in zip(indices, probs)]}
-        for path, indices, probs in zip(paths, top.indices.tolist(), top.values.tolist())
+        {"file": str(path), "top": [(names[i], round(p, 4)) for i, p in zip(indices, probs, strict=True)]}
+        for path, indices, probs in zip(paths, top.indices.tolist(), top.values.tolist(), strict=True)
     ]
 
     output_dir = Path(cfg.output_dir)

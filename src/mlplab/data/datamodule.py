@@ -23,12 +23,11 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
+from mlplab.choices import DATASETS, DatasetInfo
 from mlplab.data.augment import BatchAugment
+from mlplab.data.idx import check_split, expected_files, raw_folder
 from mlplab.errors import ConfigError, DataError
 from mlplab.rules import check, check_arguments, split_problems
-from mlplab.choices import DATASETS, DatasetInfo
-from mlplab.data.idx import check_split, expected_files, raw_folder
-
 
 log = logging.getLogger(__name__)
 

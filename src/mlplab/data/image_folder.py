@@ -20,8 +20,8 @@ from typing import Any
 import torch
 
 from mlplab.data.datamodule import LoadedData, OwnDataModule, split_keys
-from mlplab.errors import DataError
 from mlplab.data.pictures import IMAGE_SUFFIXES, prepare_picture
+from mlplab.errors import DataError
 from mlplab.rules import check
 
 log = logging.getLogger(__name__)

@@ -9,7 +9,7 @@ job), importance_min_trials.
 
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
@@ -19,17 +19,17 @@ class TPESamplerConf:
     """Tree-structured Parzen estimators: Optuna's default, at home with categorical choices."""
 
     _target_: str = "optuna.samplers.TPESampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     n_startup_trials: int = 5       # random trials before TPE models the results (Optuna's 10: half of a 20-trial search)
     n_ei_candidates: int = 24
-    multivariate: Optional[bool] = None
+    multivariate: bool | None = None
     constant_liar: bool = True      # trials still running count as bad guesses: parallel workers spread out
 
 
 @dataclass
 class RandomSamplerConf:
     _target_: str = "optuna.samplers.RandomSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
 
 
 @dataclass
@@ -37,7 +37,7 @@ class GPSamplerConf:
     """Bayesian optimization with a Gaussian process: the most from few trials; each suggestion costs more."""
 
     _target_: str = "optuna.samplers.GPSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     n_startup_trials: int = 5
     deterministic_objective: bool = False   # true only if a trial's value has no noise (not so with a seeded run)
 
@@ -47,9 +47,9 @@ class CmaEsSamplerConf:
     """CMA-ES over the numeric keys; categorical ones (hidden_dims) are sampled at random."""
 
     _target_: str = "optuna.samplers.CmaEsSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     n_startup_trials: int = 1
-    sigma0: Optional[float] = None
+    sigma0: float | None = None
     warn_independent_sampling: bool = False  # else a warning per trial for every categorical key
 
 
@@ -58,7 +58,7 @@ class QMCSamplerConf:
     """Quasi-random points (Sobol or Halton): an even cover of the space, no model."""
 
     _target_: str = "optuna.samplers.QMCSampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     qmc_type: str = "sobol"
     scramble: bool = False
 
@@ -68,9 +68,9 @@ class NSGAIISamplerConf:
     """A genetic algorithm; generations of population_size trials."""
 
     _target_: str = "optuna.samplers.NSGAIISampler"
-    seed: Optional[int] = None
+    seed: int | None = None
     population_size: int = 50
-    mutation_prob: Optional[float] = None
+    mutation_prob: float | None = None
     crossover_prob: float = 0.9
     swapping_prob: float = 0.5
 
@@ -121,17 +121,17 @@ PRUNERS = {"none": NopPrunerConf, "median": MedianPrunerConf, "hyperband": Hyper
 @dataclass
 class OptunaSweeperConf:
     _target_: str = "hydra_plugins.mlplab_optuna_sweeper.sweeper.OptunaSweeper"
-    defaults: List[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": "none"}])
+    defaults: list[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": "none"}])
     sampler: Any = None
     pruner: Any = None              # a pruner config (hydra/sweeper/pruner=...) or its name (hydra.sweeper.pruner=median)
     direction: str = "minimize"     # the objective is what the task function returns
-    study_name: Optional[str] = None
-    storage: Optional[str] = None   # RDB URL or journal file path; null: <sweep dir>/optuna.journal
+    study_name: str | None = None
+    storage: str | None = None   # RDB URL or journal file path; null: <sweep dir>/optuna.journal
     n_trials: int = 20              # trials in the study, counting those earlier commands finished
     n_jobs: int = 1                 # trials launched together (run in parallel by a parallel launcher)
-    params: Optional[Dict[str, Any]] = None   # the search space: key -> interval / tag(log, ...) / choice / range
+    params: dict[str, Any] | None = None   # the search space: key -> interval / tag(log, ...) / choice / range
     importance_min_trials: int = 8  # completed trials before the summary gives parameter importances
-    trial: Optional[int] = None     # set by the sweeper on each job: the trial the job reports to
+    trial: int | None = None     # set by the sweeper on each job: the trial the job reports to
 
 
 store = ConfigStore.instance()

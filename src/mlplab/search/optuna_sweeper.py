@@ -42,8 +42,8 @@ except ImportError:  # the `sweep` extra is not installed; Hydra still imports t
 
 from mlplab.config import unknown_key
 from mlplab.errors import ConfigError, exit_with
-from mlplab.run_dirs import entry_point
 from mlplab.rules import problems
+from mlplab.run_dirs import entry_point
 from mlplab.search.studies import build_pruner, open_storage, trial_by_number
 from mlplab.search.sweeps import JOB_RECORD, STUDY_REPORT
 
@@ -101,7 +101,7 @@ class SearchSpace:
                 values, texts = list(override.sweep_iterator()), list(override.sweep_string_iterator())
                 if all(v is None or isinstance(v, bool | int | float | str) for v in values):
                     dist, candidates = d.CategoricalDistribution(values), values
-                    self.choice_texts[key] = dict(zip(values, texts))
+                    self.choice_texts[key] = dict(zip(values, texts, strict=True))
                 else:  # lists and dicts (hidden_dims): Optuna keeps the choice as typed
                     dist, candidates = d.CategoricalDistribution(texts), values
             else:
@@ -186,7 +186,7 @@ class OptunaSearch(Sweeper):
                 entries.pop(key, None)
                 fixed.append(override.input_line)
         space = SearchSpace()
-        for key, override in entries.items():
+        for override in entries.values():
             if override.is_sweep_override():
                 space.add(override, self.config)
             else:
@@ -246,7 +246,7 @@ class OptunaSearch(Sweeper):
                     self.give_back(study, trial.number, trial.params, "interrupted")
                 raise
             self.job_idx += len(batch)
-            for trial, job in zip(trials, returns):
+            for trial, job in zip(trials, returns, strict=True):
                 self.tell(study, trial, job)
         for trial in study.get_trials(deepcopy=False):  # another command sharing the study may have given it back
             if NOT_COUNTED in trial.user_attrs:
