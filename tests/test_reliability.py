@@ -145,7 +145,7 @@ def test_unknown_group_option_is_one_line_listing_the_valid_ones_and_leaves_noth
     """`python train.py optimizer=adamx` exits 1 with one line, before Hydra creates the run dir."""
     monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py"), "optimizer=adamx", f"hydra.run.dir={tmp_path}/run"])
     with pytest.raises(SystemExit) as stopped:
-        run(train, config_name="train", sweep_objective=True)  # what train.py does
+        run("mlplab.pipeline:train", config_name="train", sweep_objective=True)  # what train.py does
     assert stopped.value.code == 1 and not (tmp_path / "run").exists()
     assert [r.getMessage() for r in caplog.records] == ["error: optimizer=adamx is not an option; choose one of adam, adamw, sgd"]
 

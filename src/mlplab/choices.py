@@ -1,9 +1,5 @@
-"""The names a user chooses from, and the plain facts that come with them: the package's bottom layer.
-
-Validation (``mlplab.rules``, ``mlplab.config``) reads these without importing torch, Lightning or Optuna; the
-modules that implement each choice import them from here, and tests/test_rules.py checks that every list
-matches what its implementation offers.
-"""
+"""The bottom layer: the names a user chooses from and their plain facts, read by validation without torch,
+Lightning or Optuna. tests/test_rules.py checks each list against what its implementation offers."""
 
 from __future__ import annotations
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +20,16 @@ from mlplab.run_record import recorded_run
 from mlplab.search.sweeps import recorded_sweep_job
 
 
-def imported(task: str) -> Callable[[DictConfig], Any]:
-    module, _, function = task.partition(":")
-    return getattr(importlib.import_module(module), function)
-
-
-def run(task: str | Callable[[DictConfig], Any], config_name: str, sweep_objective: bool = False) -> None:
+def run(task: str, config_name: str, sweep_objective: bool = False) -> None:
     """``python <script>.py <overrides>``: unknown options refused in one line, then ``task`` on ``conf/<config_name>``
     (beside the script), bad input as one line, ``run.json`` around it; ``sweep_objective``: ``task`` returns what a
     sweeper optimizes (a job's share of cores, its row in the table). Configs set ``hydra.job.name`` (not cli)."""
     config_dir = Path(sys.argv[0]).resolve().parent / "conf"
     refuse_unknown_overrides(config_dir, config_name, sys.argv[1:])
 
-    def task_function(cfg: DictConfig) -> Any:
-        return (imported(task) if isinstance(task, str) else task)(cfg)
+    def task_function(cfg: DictConfig) -> Any:  # imported only now, once Hydra has composed and validated cfg
+        module, _, function = task.partition(":")
+        return getattr(importlib.import_module(module), function)(cfg)
 
     recorded = recorded_sweep_job(recorded_run(task_function)) if sweep_objective else recorded_run(task_function)
     hydra.main(config_path=str(config_dir), config_name=config_name, version_base="1.3")(reported_as_one_line(recorded))()

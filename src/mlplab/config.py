@@ -129,16 +129,16 @@ def leaf_values(cfg: DictConfig, path: str = "") -> Iterator[tuple[str, Any]]:
 
 
 def device_problems(values: dict[str, Any]) -> list[str]:
-    """``trainer.accelerator``, ``devices`` and ``sync_batchnorm`` against what this machine has, before any process
-    starts. Counting GPUs needs torch, so it is asked only of a command that wants a GPU or several devices."""
+    """The trainer's accelerator, devices and sync_batchnorm against this machine, before any process starts."""
     accelerator, devices = values.get("trainer.accelerator"), values.get("trainer.devices")
     if accelerator is None:
         return []
     requested = len(devices) if isinstance(devices, list) else devices if isinstance(devices, int) and devices > 0 else 0
     if accelerator not in ("gpu", "cuda") and requested <= 1 and values.get("trainer.sync_batchnorm") is not True:
         return []
-    gpus = gpu_count()
-    cores = available_cores()
+    import torch  # counting GPUs needs it: only for a command that asks for GPUs or several devices
+
+    gpus, cores = torch.cuda.device_count(), available_cores()
     here = f"this machine has {cores} CPU core{'s' * (cores != 1)} and {gpus or 'no'} GPU{'s' * (gpus != 1)}"
     if accelerator in ("gpu", "cuda") and gpus == 0:
         return [f"trainer.accelerator={accelerator} (trainer=gpu) needs a GPU, but {here}: use trainer=cpu, or "
@@ -150,12 +150,6 @@ def device_problems(values: dict[str, Any]) -> list[str]:
     if requested > available or (on_gpu and isinstance(devices, list) and max(devices, default=0) >= gpus):
         return [problem("trainer.devices", devices, f"at most {available} {unit} here ({here})")]
     return []
-
-
-def gpu_count() -> int:
-    import torch  # only for a command that asks for GPUs or several devices: the run imports it next anyway
-
-    return torch.cuda.device_count()
 
 
 def data_problems(values: dict[str, Any]) -> list[str]:

@@ -175,8 +175,7 @@ def fit_and_report(
 
 
 def monitored_value(checkpoint: Any, metrics: dict[str, Any]) -> float:
-    """What a sweeper optimizes: the best checkpoint's monitored metric (re-measured where the run measured it
-    again), never another number in its place: ``monitor=train/loss mode=min`` must not minimise accuracy."""
+    """What a sweeper optimizes: the best checkpoint's monitored metric, never another number in its place."""
     if checkpoint is None or not checkpoint.monitor:
         return float(metrics["val/acc"])
     if checkpoint.monitor in metrics:

@@ -338,7 +338,7 @@ def check(values: Mapping[str, Any]) -> None:
 def check_arguments(section: str, arguments: Mapping[str, Any]) -> None:
     """``check`` for a constructor's own arguments, by parameter name: ``MLP(dropout=1.5)`` is checked as
     ``model.dropout``, the key its config sets. Arguments without a rule (``in_features``, ``self``) pass."""
-    check({f"{section}.{name}": value for name, value in arguments.items() if name != "self"})
+    check({f"{section}.{name}": value for name, value in arguments.items()})
 
 
 # --- rules between keys, and against the data ------------------------------------------------------------------

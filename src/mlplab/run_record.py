@@ -34,7 +34,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from mlplab.data.idx import expected_files, raw_folder
+from mlplab.data.idx import FILES, raw_folder
 from mlplab.errors import TrainingDiverged, user_error_in
 from mlplab.run_dirs import command_line_overrides, entry_point, resume_command
 
@@ -98,8 +98,7 @@ def cpu_model() -> str:
 
 
 def machine() -> dict[str, Any]:
-    import torch  # run.json is written inside the task, which imports torch anyway; validation before it does not
-
+    import torch  # run.json is written inside the task, after validation, which imports no torch
     info: dict[str, Any] = {"host": platform.node(), "os": platform.platform(), "cpu": cpu_model(),
                             "cpu_count": os.cpu_count(), "gpus": []}
     if torch.cuda.is_available():
@@ -149,7 +148,7 @@ def data_file_hashes(dataset: str, data_dir: str | Path) -> dict[str, str]:
     """SHA-256 of the dataset's files that exist, keyed by their path under ``data_dir`` (``MNIST/raw/...``):
     the same keys whichever folder the data lives in."""
     folder = raw_folder(data_dir, dataset)
-    files = [folder / name for name in expected_files(dataset) if (folder / name).is_file()]
+    files = [folder / name for name in FILES if (folder / name).is_file()]
     return {path.relative_to(data_dir).as_posix(): sha256(path) for path in files}
 
 

@@ -1,9 +1,5 @@
-"""The data family: MNIST-family data modules (``datamodule``), their IDX files (``idx``), the user's own pictures
-(``image_folder``, ``pictures``) and CSV files (``csv_data``), and batch augmentation (``augment``).
-
-``mlplab.data.MNISTDataModule`` is the path configs and checkpoints name. It is looked up on first use (PEP 562),
-so that config validation can read an IDX header (``mlplab.data.idx``) without importing Lightning and torchvision.
-"""
+"""The data family. ``mlplab.data.MNISTDataModule``, the path configs and checkpoints name, is looked up on first
+use (PEP 562), so that validation can read an IDX header (``mlplab.data.idx``) without Lightning and torchvision."""
 
 from typing import Any
 

@@ -25,16 +25,16 @@ from torchvision import datasets, transforms
 
 from mlplab.choices import DATASETS, DatasetInfo
 from mlplab.data.augment import BatchAugment
-from mlplab.data.idx import check_split, expected_files, raw_folder
+from mlplab.data.idx import FILES, check_split, raw_folder
 from mlplab.errors import ConfigError, DataError
-from mlplab.rules import check, check_arguments, split_problems
+from mlplab.rules import check_arguments, split_problems
 
 log = logging.getLogger(__name__)
 
 
 def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one official split into ``(uint8 images [N, 28, 28], int64 labels [N])``."""
-    missing = [name for name in expected_files(dataset) if not (raw_folder(data_dir, dataset) / name).is_file()]
+    missing = [name for name in FILES if not (raw_folder(data_dir, dataset) / name).is_file()]
     if missing:
         raise DataError(missing_data_message(data_dir, dataset, missing))
     prefix, info = ("train" if train else "t10k"), DATASETS[dataset]
@@ -45,7 +45,7 @@ def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[torch.T
 
 
 def missing_data_message(data_dir: str | Path, dataset: str, missing: Sequence[str], reason: str = "") -> str:
-    expected = expected_files(dataset)
+    expected = FILES
     what = "all four IDX files" if len(missing) == len(expected) else ", ".join(missing)
     return (
         f"{dataset} data not found in {raw_folder(data_dir, dataset)}: missing {what} "
@@ -164,11 +164,6 @@ class TensorLoader:
             yield self.images[idx], self.labels[idx]
 
 
-def split_keys(settings: dict[str, Any]) -> dict[str, Any]:
-    """A data module's arguments as the config keys their rules are filed under (``data.batch_size``)."""
-    return {f"data.{key}": value for key, value in settings.items() if key != "augment"}
-
-
 class SplitDataModule(L.LightningDataModule):
     """What every dataset shares: validation carved from the training part by a seeded split (or one fold of a
     stratified k-fold partition), ``classes`` / ``samples_per_class`` / ``train_fraction`` subsets, splits held as
@@ -195,7 +190,7 @@ class SplitDataModule(L.LightningDataModule):
         train_fraction: float | None = None,
     ) -> None:
         super().__init__()
-        check(split_keys({key: value for key, value in locals().items() if key not in ("self", "__class__")}))
+        check_arguments("data", locals())
         self.save_hyperparameters(logger=False)  # with the subclass's arguments too; loggers get flat names (HParamsSummary)
         self.augment = BatchAugment(**augment) if augment and augment.get("enabled", True) else None
         self.train_set = self.val_set = self.test_set = None
@@ -361,7 +356,7 @@ class MNISTDataModule(SplitDataModule):
     def prepare_data(self) -> None:
         """Download once (rank 0) when files are missing; fail with one clear line when that is impossible."""
         folder = raw_folder(self.hparams.data_dir, self.hparams.dataset)
-        missing = [name for name in expected_files(self.hparams.dataset) if not (folder / name).is_file()]
+        missing = [name for name in FILES if not (folder / name).is_file()]
         if not missing:
             return
         if not self.hparams.download:
@@ -412,7 +407,7 @@ class OwnDataModule(SplitDataModule):
 
     def __init__(self, test_fraction: float = 0.2, mean: float | None = None, std: float | None = None,
                  **split_settings: Any) -> None:
-        check({"data.test_fraction": test_fraction, "data.mean": mean, "data.std": std} | split_keys(split_settings))
+        check_arguments("data", locals() | split_settings)
         super().__init__(**split_settings)
         self._data: LoadedData | None = None
         self.mean: float | torch.Tensor = 0.0 if mean is None else mean

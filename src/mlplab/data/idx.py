@@ -20,12 +20,8 @@ from mlplab.errors import DataError
 UNSIGNED_BYTE = 0x08
 GZIP_MAGIC = b"\x1f\x8b"
 FIX = "replace it with a good copy, or delete it so that it is downloaded again"
+# the uncompressed files torchvision expects under <root>/<Class>/raw, the same for every MNIST-family set
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-
-
-def expected_files(dataset: str) -> list[str]:
-    """Uncompressed IDX file names torchvision expects under ``<root>/<Class>/raw`` (the same for every MNIST-family set)."""
-    return list(FILES)
 
 
 def raw_folder(data_dir: str | Path, dataset: str) -> Path:

@@ -19,10 +19,10 @@ from typing import Any
 
 import torch
 
-from mlplab.data.datamodule import LoadedData, OwnDataModule, split_keys
+from mlplab.data.datamodule import LoadedData, OwnDataModule
 from mlplab.data.pictures import IMAGE_SUFFIXES, prepare_picture
 from mlplab.errors import DataError
-from mlplab.rules import check
+from mlplab.rules import check_arguments
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,7 @@ class ImageFolderDataModule(OwnDataModule):
         size: int = 28,
         **settings: Any,
     ) -> None:
-        check({"data.root": root, "data.cache_dir": cache_dir, "data.invert": invert, "data.fit": fit, "data.box": box,
-               "data.size": size} | split_keys(settings))
+        check_arguments("data", locals() | settings)
         super().__init__(**settings)
 
     def load(self) -> LoadedData:
