@@ -258,7 +258,7 @@ def load_trained_from_config(cfg: DictConfig) -> TrainedClassifier:
         raise UserError("ckpt_path=<file> is required: a checkpoint written by train.py, "
                         "e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
     trained = load_trained(cfg.ckpt_path)
-    return replace(trained, origin=report_origin(cfg.ckpt_path))
+    return replace(trained, origin=report_origin(cfg.ckpt_path, cfg.output_dir))
 
 
 def checkpoint_origin(ckpt_path: str | Path) -> dict[str, Any] | None:
@@ -279,7 +279,7 @@ def checkpoint_origin(ckpt_path: str | Path) -> dict[str, Any] | None:
     return None
 
 
-def report_origin(ckpt_path: str | Path, key: str = "ckpt_path") -> dict[str, Any] | None:
+def report_origin(ckpt_path: str | Path, run_dir: str | Path, key: str = "ckpt_path") -> dict[str, Any] | None:
     """Log which run and commit ``ckpt_path`` came from, record it in run.json, and return it (None: unknown)."""
     origin = checkpoint_origin(ckpt_path)
     if origin is None:
@@ -289,7 +289,7 @@ def report_origin(ckpt_path: str | Path, key: str = "ckpt_path") -> dict[str, An
         dirty = ", with uncommitted changes: see git_diff.patch in that run dir" if origin.get("git_dirty") else ""
         log.info("%s=%s comes from run %s (commit %s%s), started %s", key, ckpt_path, origin.get("run_dir"), commit,
                  dirty, origin.get("start_time"))
-    note_checkpoint(ckpt_path, origin)
+    note_checkpoint(ckpt_path, origin, run_dir)
     return origin
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from mlplab.run_record import CHECKPOINT_KEY, active
+from mlplab.run_record import CHECKPOINT_KEY, running_record
 
 
 class RandomState(L.Callback):
@@ -83,7 +83,7 @@ class RunOrigin(L.Callback):
     """Puts the run's dir, commit, dirty flag and data hashes into every checkpoint (plain values: weights_only)."""
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if (record := active()) is not None:
+        if (record := running_record(trainer.default_root_dir)) is not None:
             keys = ("run_dir", "command", "start_time", "data_sha256")
             git_info = record.data.get("git") or {}
             checkpoint[CHECKPOINT_KEY] = {key: record.data[key] for key in keys} | {

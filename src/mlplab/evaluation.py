@@ -203,7 +203,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     check({"split": cfg.split, "top_confused": cfg.top_confused})
     trained = load_trained_from_config(cfg)
     datamodule = evaluation_datamodule(cfg, trained)
-    warn_if_data_changed(trained.origin, note_data(datamodule))
+    warn_if_data_changed(trained.origin, note_data(datamodule, cfg.output_dir))
     trainer = build_trainer(cfg)
     analysis = next((cb for cb in trainer.callbacks if isinstance(cb, ErrorAnalysis)), None)
     if analysis is None or cfg.split not in analysis.splits:

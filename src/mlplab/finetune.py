@@ -126,10 +126,10 @@ def finetune(cfg: DictConfig) -> float:
     """Fine-tune ``cfg.pretrained`` on ``cfg.data``; returns the best checkpoint's monitored metric (like train)."""
     validate(cfg)
     pretrained = load_pretrained(cfg.get("pretrained"))
-    origin = report_origin(pretrained.path, key="pretrained")
+    origin = report_origin(pretrained.path, cfg.output_dir, key="pretrained")
     start_run(cfg)
     datamodule = build_datamodule(cfg)
-    warn_if_data_changed(origin, note_data(datamodule))
+    warn_if_data_changed(origin, note_data(datamodule, cfg.output_dir))
     module, reset_head = pretrained_module(cfg, datamodule, pretrained)
     if cfg.get("ckpt_path"):
         refuse_misfit(cfg.ckpt_path, module.hparams.net, dict(datamodule.hparams))

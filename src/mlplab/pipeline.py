@@ -42,7 +42,7 @@ logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(not_an_adve
 
 def build_datamodule(cfg: DictConfig) -> MNISTDataModule:
     datamodule = instantiate(cfg.data, _convert_="all")
-    note_data(datamodule)  # the SHA-256 of its files into run.json
+    note_data(datamodule, cfg.output_dir)  # the SHA-256 of its files into run.json
     return datamodule
 
 

@@ -45,7 +45,6 @@ DIFF_FILE = "git_diff.patch"
 CHECKPOINT_KEY = "mlplab_run"
 PACKAGES = ("torch", "lightning", "hydra-core", "torchmetrics", "torchvision")
 
-_active: RunRecord | None = None  # the record of the run this process is executing (one at a time)
 
 
 def now() -> str:
@@ -196,6 +195,13 @@ class RunRecord:
         self._start = time.perf_counter()
         self.write()
 
+    @classmethod
+    def reopened(cls, path: Path, data: dict[str, Any]) -> RunRecord:
+        """A record read back from its file, to add to it (the file is the one copy: no process keeps another)."""
+        record = cls.__new__(cls)
+        record.path, record.data = path, data
+        return record
+
     def write(self) -> None:
         self.path.write_text(json.dumps(self.data, indent=2) + "\n")
 
@@ -205,42 +211,50 @@ class RunRecord:
 
     def finish(self, status: str, error: str | None = None) -> None:
         resume = self._resume[1] if self._resume and self._resume[0].is_file() else None  # no epoch ended: none
+        if (current := running_record(self.path.parent)) is not None:
+            self.data = current.data  # what the task added to the file (data hashes, checkpoint, trackers)
         self.update(status=status, error=error, end_time=now(), duration_s=round(time.perf_counter() - self._start, 3),
                     resume_command=resume)
 
 
-def active() -> RunRecord | None:
-    return _active
+def running_record(run_dir: str | Path) -> RunRecord | None:
+    """The record of the run in progress in ``run_dir`` (the run's context: its dir), or None outside such a run."""
+    path = Path(run_dir) / RUN_RECORD
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return RunRecord.reopened(path, data) if data.get("status") == "running" else None
 
 
-def note_data(datamodule: Any) -> dict[str, str]:
+def note_data(datamodule: Any, run_dir: str | Path) -> dict[str, str]:
     """Record (and return) the SHA-256 of the data files ``datamodule`` reads; {} for data other than MNIST-family."""
     hparams = getattr(datamodule, "hparams", {})
     if "dataset" not in hparams or "data_dir" not in hparams:
         return {}
-    data_dir = str(Path(hparams["data_dir"]).resolve())
-    if _active is not None and _active.data.get("data_dir") == data_dir and _active.data.get("data_sha256"):
-        return _active.data["data_sha256"]  # hashed once per run: finetune and eval ask again for the same files
+    data_dir, record = str(Path(hparams["data_dir"]).resolve()), running_record(run_dir)
+    if record is not None and record.data.get("data_dir") == data_dir and record.data.get("data_sha256"):
+        return record.data["data_sha256"]  # hashed once per run: finetune and eval ask again for the same files
     try:
         hashes = data_file_hashes(hparams["dataset"], hparams["data_dir"])
     except (OSError, KeyError) as err:
         log.warning("could not hash the data files: %s", err)
         return {}
-    if _active is not None:
-        _active.update(data_dir=data_dir, data_sha256=hashes)
+    if record is not None:
+        record.update(data_dir=data_dir, data_sha256=hashes)
     return hashes
 
 
-def note_checkpoint(path: str | Path, origin: dict[str, Any] | None) -> None:
+def note_checkpoint(path: str | Path, origin: dict[str, Any] | None, run_dir: str | Path) -> None:
     """Record the checkpoint this run starts from, and the run that wrote it."""
-    if _active is not None:
-        _active.update(checkpoint={"path": str(Path(str(path)).resolve()), "origin": origin})
+    if (record := running_record(run_dir)) is not None:
+        record.update(checkpoint={"path": str(Path(str(path)).resolve()), "origin": origin})
 
 
-def note_tracker(name: str, run: dict[str, Any]) -> None:
+def note_tracker(name: str, run: dict[str, Any], run_dir: str | Path) -> None:
     """Record where a tracker (mlflow, wandb) keeps this run, for run.json and the sweep summary."""
-    if _active is not None:
-        _active.update(trackers=_active.data["trackers"] | {name: run})
+    if (record := running_record(run_dir)) is not None:
+        record.update(trackers=record.data["trackers"] | {name: run})
 
 
 def exit_status(err: BaseException | None) -> str:
@@ -256,9 +270,8 @@ def recorded_run(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
 
     @functools.wraps(task)
     def run(cfg: DictConfig) -> Any:
-        global _active
         output_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.output_dir)
-        record = _active = RunRecord(cfg, output_dir, command_line_overrides())
+        record = RunRecord(cfg, output_dir, command_line_overrides())
         try:
             result = task(cfg)
         except BaseException as err:
@@ -266,8 +279,6 @@ def recorded_run(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
             message = " ".join(str(user_error or f"{type(err).__name__}: {err}").split())
             record.finish(exit_status(err), None if isinstance(err, (KeyboardInterrupt, SystemExit)) else message)
             raise
-        finally:
-            _active = None
         record.finish("finished")
         return result
 

@@ -122,7 +122,7 @@ class TrackerRecord(L.Callback):
             for logger in trainer.loggers:
                 found = tracker_run(logger)
                 if found:
-                    note_tracker(*found)
+                    note_tracker(*found, run_dir=trainer.default_root_dir)
 
 
 def record_outcome(trainer: L.Trainer, output_dir: Path, metrics: dict[str, Any]) -> None:
