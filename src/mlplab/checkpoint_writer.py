@@ -80,11 +80,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunOrigin(L.Callback):
-    """Puts the run's dir, commit, dirty flag and data hashes into every checkpoint (plain values: weights_only)."""
+    """Puts the run's dir, commit, dirty flag and data hashes (fixed before fitting: read once) into every checkpoint."""
+
+    origin: dict[str, Any] | None = None
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if (record := running_record(trainer.default_root_dir)) is not None:
+            git_info = record.get("git") or {}
+            self.origin = {key: record[key] for key in ("run_dir", "command", "start_time", "data_sha256")} | {
+                "git_commit": git_info.get("commit"), "git_dirty": git_info.get("dirty")}
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if (record := running_record(trainer.default_root_dir)) is not None:
-            keys = ("run_dir", "command", "start_time", "data_sha256")
-            git_info = record.data.get("git") or {}
-            checkpoint[CHECKPOINT_KEY] = {key: record.data[key] for key in keys} | {
-                "git_commit": git_info.get("commit"), "git_dirty": git_info.get("dirty")}
+        if self.origin is not None:
+            checkpoint[CHECKPOINT_KEY] = self.origin

@@ -1,8 +1,5 @@
-"""What every entry point (train.py, finetune.py, lr_find.py, eval.py, predict.py, export.py) does around its task.
-
-Nothing here imports torch or Lightning: a typo, ``--help`` and ``--cfg`` are answered before they load. The task
-is named as ``"module:function"`` and imported once Hydra has composed and validated the config.
-"""
+"""What every entry point (train.py, eval.py, ...) does around its task. It imports no torch or Lightning: a typo,
+``--help`` and ``--cfg`` are answered before they load; the task (``"module:function"``) is imported after validation."""
 
 from __future__ import annotations
 

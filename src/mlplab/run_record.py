@@ -193,38 +193,25 @@ class RunRecord:
             (self.path.parent / DIFF_FILE).write_text(diff)
             self.data["git"]["diff"] = DIFF_FILE
         self._start = time.perf_counter()
-        self.write()
-
-    @classmethod
-    def reopened(cls, path: Path, data: dict[str, Any]) -> RunRecord:
-        """A record read back from its file, to add to it (the file is the one copy: no process keeps another)."""
-        record = cls.__new__(cls)
-        record.path, record.data = path, data
-        return record
-
-    def write(self) -> None:
-        self.path.write_text(json.dumps(self.data, indent=2) + "\n")
-
-    def update(self, **fields: Any) -> None:
-        self.data |= fields
-        self.write()
+        add_to_record(self.path.parent, self.data)
 
     def finish(self, status: str, error: str | None = None) -> None:
         resume = self._resume[1] if self._resume and self._resume[0].is_file() else None  # no epoch ended: none
-        if (current := running_record(self.path.parent)) is not None:
-            self.data = current.data  # what the task added to the file (data hashes, checkpoint, trackers)
-        self.update(status=status, error=error, end_time=now(), duration_s=round(time.perf_counter() - self._start, 3),
-                    resume_command=resume)
+        add_to_record(self.path.parent, running_record(self.path.parent) or self.data, status=status, error=error,
+                      end_time=now(), duration_s=round(time.perf_counter() - self._start, 3), resume_command=resume)
 
 
-def running_record(run_dir: str | Path) -> RunRecord | None:
-    """The record of the run in progress in ``run_dir`` (the run's context: its dir), or None outside such a run."""
-    path = Path(run_dir) / RUN_RECORD
+def running_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run.json of the run in progress in ``run_dir`` (a run's context is its dir; the file is the one copy)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads((Path(run_dir) / RUN_RECORD).read_text())
     except (OSError, ValueError):
         return None
-    return RunRecord.reopened(path, data) if data.get("status") == "running" else None
+    return data if data.get("status") == "running" else None
+
+
+def add_to_record(run_dir: str | Path, record: dict[str, Any], **fields: Any) -> None:
+    (Path(run_dir) / RUN_RECORD).write_text(json.dumps(record | fields, indent=2) + "\n")
 
 
 def note_data(datamodule: Any, run_dir: str | Path) -> dict[str, str]:
@@ -233,28 +220,28 @@ def note_data(datamodule: Any, run_dir: str | Path) -> dict[str, str]:
     if "dataset" not in hparams or "data_dir" not in hparams:
         return {}
     data_dir, record = str(Path(hparams["data_dir"]).resolve()), running_record(run_dir)
-    if record is not None and record.data.get("data_dir") == data_dir and record.data.get("data_sha256"):
-        return record.data["data_sha256"]  # hashed once per run: finetune and eval ask again for the same files
+    if record is not None and record.get("data_dir") == data_dir and record.get("data_sha256"):
+        return record["data_sha256"]  # hashed once per run: finetune and eval ask again for the same files
     try:
         hashes = data_file_hashes(hparams["dataset"], hparams["data_dir"])
     except (OSError, KeyError) as err:
         log.warning("could not hash the data files: %s", err)
         return {}
     if record is not None:
-        record.update(data_dir=data_dir, data_sha256=hashes)
+        add_to_record(run_dir, record, data_dir=data_dir, data_sha256=hashes)
     return hashes
 
 
 def note_checkpoint(path: str | Path, origin: dict[str, Any] | None, run_dir: str | Path) -> None:
     """Record the checkpoint this run starts from, and the run that wrote it."""
     if (record := running_record(run_dir)) is not None:
-        record.update(checkpoint={"path": str(Path(str(path)).resolve()), "origin": origin})
+        add_to_record(run_dir, record, checkpoint={"path": str(Path(str(path)).resolve()), "origin": origin})
 
 
 def note_tracker(name: str, run: dict[str, Any], run_dir: str | Path) -> None:
     """Record where a tracker (mlflow, wandb) keeps this run, for run.json and the sweep summary."""
     if (record := running_record(run_dir)) is not None:
-        record.update(trackers=record.data["trackers"] | {name: run})
+        add_to_record(run_dir, record, trackers=record["trackers"] | {name: run})
 
 
 def exit_status(err: BaseException | None) -> str:

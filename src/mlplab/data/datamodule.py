@@ -34,22 +34,21 @@ log = logging.getLogger(__name__)
 
 def load_split(data_dir: str | Path, dataset: str, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one official split into ``(uint8 images [N, 28, 28], int64 labels [N])``."""
-    missing = [name for name in FILES if not (raw_folder(data_dir, dataset) / name).is_file()]
+    folder = raw_folder(data_dir, dataset)
+    missing = [name for name in FILES if not (folder / name).is_file()]
     if missing:
         raise DataError(missing_data_message(data_dir, dataset, missing))
     prefix, info = ("train" if train else "t10k"), DATASETS[dataset]
-    folder = raw_folder(data_dir, dataset)
     check_split(folder / f"{prefix}-images-idx3-ubyte", folder / f"{prefix}-labels-idx1-ubyte", info.image_shape[1:], len(info.class_names))
     ds = getattr(datasets, info.folder)(str(data_dir), train=train, download=False)
     return ds.data, ds.targets
 
 
 def missing_data_message(data_dir: str | Path, dataset: str, missing: Sequence[str], reason: str = "") -> str:
-    expected = FILES
-    what = "all four IDX files" if len(missing) == len(expected) else ", ".join(missing)
+    what = "all four IDX files" if len(missing) == len(FILES) else ", ".join(missing)
     return (
         f"{dataset} data not found in {raw_folder(data_dir, dataset)}: missing {what} "
-        f"({', '.join(expected)}, uncompressed){f'; {reason}' if reason else ''}. "
+        f"({', '.join(FILES)}, uncompressed){f'; {reason}' if reason else ''}. "
         f"Put them there, or point DATA_DIR (or data.data_dir) at a folder holding "
         f"{DATASETS[dataset].folder}/raw."
     )
