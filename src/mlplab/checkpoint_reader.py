@@ -163,6 +163,7 @@ class TrainedClassifier:
     data_class: type[SplitDataModule] = MNISTDataModule
     data_record: dict[str, Any] | None = None  # the datamodule's state_dict: class names, normalization, shape
     origin: dict[str, Any] | None = None  # the run that wrote it: dir, commit, data hashes (mlplab.run_record)
+    temperature: float = 1.0  # logits are divided by it before softmax (1.0: uncalibrated)
 
     @property
     def dataset(self) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from mlplab.checkpoint_reader import load_trained_from_config
+from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config
 from mlplab.data.csv_data import kaggle_images
 from mlplab.data.pictures import find_images, prepare_picture
 from mlplab.errors import ConfigError, UserError
@@ -50,8 +50,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         paths = find_images(cfg.inputs)
         box = cfg.get("box") or info.box
         pictures = torch.stack([prepare_picture(p, cfg.invert, cfg.fit, box, size) for p in paths])
-    with torch.no_grad():
-        probabilities = trained.module(((pictures - info.mean) / info.std).unsqueeze(1)).softmax(1)
+    probabilities = class_probabilities(trained, pictures)
     top = probabilities.topk(cfg.top_k, dim=1)
     rows = [
         {"file": str(path), "top": [(names[i], round(p, 4)) for i, p in zip(indices, probs, strict=True)]}
@@ -77,6 +76,15 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         write_submission(output_dir / "submission.csv", [row["top"][0][0] for row in rows])
     log.info("run dir: %s", output_dir)
     return rows
+
+
+def class_probabilities(trained: TrainedClassifier, pictures: torch.Tensor) -> torch.Tensor:
+    """Class probabilities [N, classes] for prepared pictures [N, H, W] in [0, 1] (light ink on dark): the one path
+    from a picture to what the model believes, shared by predict.py and the page (serve.py)."""
+    info = trained.info
+    with torch.no_grad():
+        logits = trained.module(((pictures - info.mean) / info.std).unsqueeze(1))
+    return (logits / trained.temperature).softmax(1)
 
 
 def write_submission(path: Path, labels: list[str]) -> None:
