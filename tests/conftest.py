@@ -6,11 +6,12 @@ short training run must really beat chance; the real loading code reads them lik
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +77,48 @@ def run_script(script: str, *args: str, data_dir: Path | str) -> subprocess.Comp
     return subprocess.run(
         [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
+
+
+@contextlib.contextmanager
+def in_process(script: str, arguments: Sequence[str]) -> Iterator[None]:
+    """`python <script> <arguments>` run in this process: sys.argv set, and Hydra's record of the run taken back
+    after it (as Hydra's own run_job does), so that later tests in this worker see no run."""
+    from hydra.core.hydra_config import HydraConfig
+
+    before = HydraConfig.instance().cfg
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [str(ROOT / script), *arguments])
+        try:
+            yield
+        finally:
+            HydraConfig.instance().cfg = before
+
+
+def refusal(script: str, overrides: Sequence[str], tmp_path: Path, caplog: pytest.LogCaptureFixture,
+            capsys: pytest.CaptureFixture) -> str:
+    """The one line `python <script> <overrides>` is refused with (exit status 1, nothing written), run in-process
+    through mlplab.cli as the script runs it (a multirun logs through the handlers Hydra sets up, not caplog's)."""
+    from mlplab.cli import run
+
+    arguments = [*overrides, f"hydra.run.dir={tmp_path}/run", f"hydra.sweep.dir={tmp_path}/sweep"]
+    with in_process(script, arguments), pytest.raises(SystemExit) as stopped:
+        run("builtins:print", config_name=script.removesuffix(".py"))
+    assert stopped.value.code == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+    printed = capsys.readouterr()
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    lines += [line[line.index("error: "):] for line in (printed.out + printed.err).splitlines() if "] error: " in line]
+    [line] = set(lines)
+    return line.removeprefix("error: ")
+
+
+def composes(script: str, overrides: Sequence[str], capsys: pytest.CaptureFixture) -> str:
+    """`python <script> --cfg all <overrides>` in-process: the config Hydra composed, printed (a refusal would exit)."""
+    from mlplab.cli import run
+
+    with in_process(script, ["--cfg", "all", *overrides]):
+        run("builtins:print", config_name=script.removesuffix(".py"))
+    return capsys.readouterr().out
 
 
 requires_real_mnist = pytest.mark.skipif(

@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 
-from conftest import compose_config, run_script
+from conftest import compose_config, refusal, run_script
 from mlplab.checkpoint_reader import load_pretrained
 from mlplab.data.datamodule import MNISTDataModule, load_split
 from mlplab.errors import ConfigError, UserError
@@ -286,9 +286,9 @@ def test_finetune_py_writes_a_train_py_run_dir_plus_the_pretrained_accuracy(data
     assert finetuned["hyper_parameters"]["backbone_lr_scale"] == 0.1
 
 
-def test_finetune_without_pretrained_says_it_is_required(data_dir):
-    with pytest.raises(ConfigError, match=r"pretrained=null must be a checkpoint written by train.py \(required\)"):
-        finetune(compose_config("finetune", [*SMALL, f"data.data_dir={data_dir}"]))
+def test_finetune_without_pretrained_says_it_is_required(data_dir, tmp_path, caplog, capsys):
+    refused = refusal("finetune.py", [*SMALL, f"data.data_dir={data_dir}"], tmp_path, caplog, capsys)
+    assert refused == "pretrained=null must be a checkpoint written by train.py (required), e.g. pretrained=<run>/checkpoints/last.ckpt"
 
 
 def test_resumed_finetuning_ends_exactly_like_the_run_left_alone(data_dir, pretrained_ckpt, tmp_path):

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import CONF_DIR, compose_config
-from mlplab.config import refuse_unknown_overrides
+from conftest import compose_config, refusal
 from mlplab.data.datamodule import load_split
 from mlplab.data.pictures import read_grayscale
 from mlplab.errors import DataError, UserError
@@ -63,12 +62,9 @@ def test_resuming_from_a_file_that_is_no_checkpoint_is_one_line(contents, data_d
     assert str(err.value).startswith(f"ckpt_path={path} is ") and "\n" not in str(err.value)
 
 
-def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path, caplog):
+def test_a_config_file_that_is_not_yaml_is_one_line(tmp_path, caplog, capsys):
     (tmp_path / "experiment").mkdir()
     (tmp_path / "experiment" / "mine.yaml").write_text("data:\n  batch_size: [1,\n")
-    with pytest.raises(SystemExit) as stop:
-        refuse_unknown_overrides(CONF_DIR, "train", ["--config-dir", str(tmp_path), "+experiment=mine"])
-    assert stop.value.code == 1
-    assert [r.getMessage() for r in caplog.records] == [
-        f"error: {tmp_path}/experiment/mine.yaml is not valid YAML: expected the node content, but found '<stream end>' "
-        "(line 3, column 1); fix or remove it"]
+    assert refusal("train.py", ["--config-dir", str(tmp_path), "+experiment=mine"], tmp_path, caplog, capsys) == (
+        f"{tmp_path}/experiment/mine.yaml is not valid YAML: expected the node content, but found '<stream end>' "
+        "(line 3, column 1); fix or remove it")

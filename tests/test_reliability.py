@@ -23,7 +23,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf, open_dict
 
-from conftest import ROOT, compose_config, make_dataset, run_script
+from conftest import ROOT, compose_config, in_process, make_dataset, run_script
 from mlplab.checkpoint_writer import AtomicCheckpointIO, RandomState
 from mlplab.cli import run
 from mlplab.config import ValidateBeforeRun, validate, validate_sweep
@@ -141,10 +141,9 @@ def test_bad_value_on_the_command_line_is_one_line_and_leaves_no_run_dir(data_di
     assert not (tmp_path / "run").exists()
 
 
-def test_unknown_group_option_is_one_line_listing_the_valid_ones_and_leaves_nothing(tmp_path, monkeypatch, caplog):
+def test_unknown_group_option_is_one_line_listing_the_valid_ones_and_leaves_nothing(tmp_path, caplog):
     """`python train.py optimizer=adamx` exits 1 with one line, before Hydra creates the run dir."""
-    monkeypatch.setattr(sys, "argv", [str(ROOT / "train.py"), "optimizer=adamx", f"hydra.run.dir={tmp_path}/run"])
-    with pytest.raises(SystemExit) as stopped:
+    with in_process("train.py", ["optimizer=adamx", f"hydra.run.dir={tmp_path}/run"]), pytest.raises(SystemExit) as stopped:
         run("mlplab.pipeline:train", config_name="train", sweep_objective=True)  # what train.py does
     assert stopped.value.code == 1 and not (tmp_path / "run").exists()
     assert [r.getMessage() for r in caplog.records] == ["error: optimizer=adamx is not an option; choose one of adam, adamw, sgd"]

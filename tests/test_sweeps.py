@@ -84,6 +84,16 @@ def test_failed_jobs_are_recorded_the_others_complete_and_the_exit_status_says_s
     assert "failed: training diverged" in (sweep_dir / "summary.md").read_text()
 
 
+def test_a_job_whose_own_composition_is_invalid_is_recorded_as_failed_and_the_sweep_goes_on(data_dir, tmp_path):
+    """`data.fold=2` fits 3 folds but not 2: only the job with data.num_folds=2 can tell, as it starts."""
+    result = sweep(tmp_path, "data.num_folds=2,3", "data.fold=2", "+trainer.limit_train_batches=2", data_dir=data_dir)
+    assert result.returncode == 1 and "1 of 2 jobs failed" in result.stderr and "Traceback" not in result.stderr
+    rows = {r["data.num_folds"]: r for r in read_csv(tmp_path / "summary.csv")}
+    assert rows["3"]["status"] == "ok"
+    assert rows["2"]["status"] == "failed"
+    assert rows["2"]["error"] == "data.fold=2 must be an integer in [0, data.num_folds=2) (every fold: -m 'data.fold=range(2)')"
+
+
 # --- k-fold cross-validation ---------------------------------------------------------------------------------
 
 

@@ -6,12 +6,13 @@ what only the machine (devices, GPUs) and the data (the size of the training set
 
 When: ``ValidateBeforeRun`` (``hydra.callbacks`` of every entry point's config) calls :func:`validate` from
 Hydra's ``on_run_start``, *before* Hydra creates the run directory, so a typo leaves nothing behind; for a
-multirun, :func:`validate_sweep` checks every swept value (and a search space) before the first job.
-``mlplab.pipeline.train`` validates again, for each job (swept groups, related keys) and in-process callers.
+multirun, :func:`validate_sweep` checks every swept value, key and option (and a search space) before the first
+job, and ``mlplab.cli`` validates each job's own composition (swept groups, related keys) as the job starts.
+In-process callers (a notebook) get the same rules from the constructors (``rules.check_arguments``).
 
-Every problem found is reported, on one line: ``key=value must be <what is allowed>``. Unknown options
-(``optimizer=adamx``, ``optimizer.lrr=1``, ``hydra/launcher=jobli``, ``hydra.sweeper.n_trial=5``) too
-(:func:`refuse_unknown_overrides`), where Hydra takes several.
+Every problem found is reported, on one line: ``key=value must be <what is allowed>``. What Hydra itself refuses
+(``optimizer=adamx``, ``optimizer.lrr=1``, ``hydra/launcher=jobli``, ``hydra.sweeper.n_trial=5``) too: Hydra
+composes the config once, and only when it raises does :func:`refuse_composition` say why in one line.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ import os
 from collections.abc import Iterator, Sequence
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from hydra.errors import HydraException, MissingConfigException, OverrideParseException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -48,9 +50,12 @@ def validate_sweep(cfg: DictConfig) -> None:
     """``validate`` for a multirun, before its first job: the shared values, and each value of each swept key.
 
     Hydra composes a multirun's config without its sweeps (``optimizer.lr=1e-3,-1``: ``lr`` holds the default),
-    so each swept value is checked in a copy of that config. Keys checked against each other (``data.fold``
-    against ``data.num_folds``) and swept config groups are left to each job's own ``validate``.
+    so each swept value is checked in a copy of that config, and each swept key and group option is looked up (Hydra
+    would find them only after writing the sweep dir). Keys checked against each other (``data.fold`` against
+    ``data.num_folds``) and the values inside swept groups are left to each job's own ``validate``.
     """
+    if unknown := swept_name_problems(cfg):
+        raise ConfigError(unknown[0])
     sweeps = value_sweeps(cfg)
     swept_paths = {key.removesuffix("num_folds") + "fold" for key in sweeps if key.endswith("num_folds")} | set(sweeps)
     about = lambda problem, key: problem.startswith(key + "=")  # noqa: E731
@@ -75,6 +80,27 @@ def value_sweeps(cfg: DictConfig) -> dict[str, list[Any]]:
             except Exception:  # an interval for an optimizing sweeper: no list of values to check
                 continue
     return sweeps
+
+
+def swept_name_problems(cfg: DictConfig) -> list[str]:
+    """A swept option no group has (``optimizer=adam,adamx``) or a swept key the config lacks (``trainer.max_epoch=1,2``):
+    the options are the group's files in the config's folders (``hydra.runtime.config_sources``), the keys the
+    composed config's."""
+    folders = [Path(source.path) for source in OmegaConf.select(cfg, "hydra.runtime.config_sources", default=[])
+               if source.schema == "file"]
+    tree = OmegaConf.to_container(cfg, resolve=False)
+    found = []
+    for override in map(parsed_override, OmegaConf.select(cfg, "hydra.overrides.task", default=[])):
+        if not override.is_sweep_override() or override.key_or_group.startswith("hydra"):
+            continue
+        options = sorted({p.stem for folder in folders for p in (folder / override.key_or_group).glob("*.yaml")})
+        if options:
+            chosen = [one for value in override.sweep_iterator() for one in (value if isinstance(value, list) else [value])]
+            found += [f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"
+                      for option in chosen if str(option) not in options]  # a list chooses several: logger=[a,b]
+        elif not (override.is_add() or override.is_force_add()) and (unknown := unknown_key(tree, override)):
+            found.append(unknown)
+    return found
 
 
 def parsed_override(text: str) -> Override:
@@ -191,8 +217,8 @@ class ValidateBeforeRun(Callback):
     """Hydra callback: validate the composed config before Hydra creates the run directory.
 
     A bad value ends the command with one line and exit status 1, and leaves no empty run directory. For a
-    multirun, the shared values and every swept value are checked before the first job starts; each job is
-    validated again when it starts (by the pipeline), which covers swept groups and keys that depend on each other.
+    multirun, the shared values and every swept value, key and option are checked before the first job starts; each
+    job's own composition (swept groups, keys that depend on each other) is validated as it starts (by ``mlplab.cli``).
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -204,53 +230,50 @@ class ValidateBeforeRun(Callback):
         reported_as_one_line(refuse_used_dir)(config, "hydra.sweep.dir")
 
 
-def refuse_unknown_overrides(config_dir: str | Path, config_name: str, overrides: Sequence[str]) -> None:
-    """Overrides naming no ``conf/<group>/<option>.yaml`` (``optimizer=adamx``) or no existing key
-    (``optimizer.lrr=1``): one line saying what is allowed, exit 1, before ``hydra.main`` composes anything.
-    Hydra's own groups and keys (``hydra/launcher=jobli``, ``hydra.sweeper.n_trial=5``) too, once Hydra refuses
-    them; ``+`` keys are left to Hydra."""
+def refuse_composition(config_dir: str | Path, config_name: str, overrides: Sequence[str], error: Exception) -> NoReturn:
+    """Why Hydra could not compose the command's config, on one line, then exit 1; a bug (not a Hydra or YAML error)
+    is raised again. Runs only after Hydra has refused, so a command that composes pays nothing for it.
+
+    Hydra's exceptions say what is wrong: an option missing from a group (``optimizer=adamx``; Hydra lists the
+    options), a key missing from the config (``optimizer.lrr=1``), a file that is not YAML. Where Hydra's words are a
+    paragraph or name no alternative, the config is composed again here to name the keys there are."""
+    if isinstance(error, yaml.YAMLError):
+        exit_with(ConfigError(yaml_problem(error)))
+    if not isinstance(error, HydraException):
+        raise error
     config_dirs = [Path(config_dir).resolve(), *extra_config_dirs(overrides)]
-    refuse_broken_config_files(config_dirs)
-    parsed = []
-    for text in overrides:
-        if text.startswith("-") or "=" not in text:
-            continue
-        try:
-            parsed.append(parsed_override(text))
-        except Exception:  # a syntax error: Hydra says where
-            continue
-    config_dir = Path(config_dir).resolve()
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and "/" in error.missing_cfg_file:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        options = error.options or sorted({p.stem for folder in config_dirs for p in (folder / group).glob("*.yaml")})
+        exit_with(ConfigError(f"{group}={option} is not an option; choose one of {', '.join(options)}"))
+    if isinstance(error, OverrideParseException):
+        exit_with(ConfigError(f"{error.override} cannot be read: {first_line(error.message)} "
+                              "(Hydra's override grammar: https://hydra.cc/docs/advanced/override_grammar/basic)"))
+    parsed = [parsed_override(text) for text in overrides if not text.startswith("-") and "=" in text]
     hydra_overrides = [o for o in parsed if o.key_or_group.startswith("hydra")]
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
-    is_group = lambda o: (config_dir / o.key_or_group).is_dir()  # noqa: E731
-    for override in parsed:
-        if is_group(override) and not override.is_delete():
-            options = sorted({p.stem for folder in config_dirs for p in (folder / override.key_or_group).glob("*.yaml")})
-            # a list chooses several options at once: logger=[tensorboard,mlflow]
-            for option in (one for value in swept_values(override) for one in (value if isinstance(value, list) else [value])):
-                if option is not None and str(option) not in options:
-                    exit_with(ConfigError(f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"))
+    is_group = lambda o: (config_dirs[0] / o.key_or_group).is_dir()  # noqa: E731
+    groups = [o for o in parsed if is_group(o)]
     keys = [o for o in parsed if not (is_group(o) or o.is_add() or o.is_force_add() or o.is_delete())]
     if keys:
-        refuse_unknown_keys(config_dir, config_name, [o for o in parsed if is_group(o)], keys)
+        refuse_unknown_keys(config_dirs[0], config_name, groups, keys)
     if hydra_overrides:
-        refuse_bad_hydra_overrides(config_dirs, config_name, [o for o in parsed if is_group(o)], hydra_overrides)
+        refuse_bad_hydra_overrides(config_dirs, config_name, groups, hydra_overrides)
+    cause = f": {first_line(str(error.__cause__))}" if error.__cause__ else ""
+    exit_with(ConfigError(f"{first_line(str(error))}{cause}"))
 
 
-def refuse_broken_config_files(config_dirs: Sequence[Path]) -> None:
-    """A config file that is not YAML (an edit left half done) ends in one line naming it and the place, where
-    Hydra would print the YAML parser's traceback. Every file is read (a few KB each), before anything starts."""
-    for folder in config_dirs:
-        for path in sorted(folder.rglob("*.yaml")):
-            try:
-                yaml.safe_load(path.read_text())
-            except yaml.YAMLError as err:
-                mark = getattr(err, "problem_mark", None)
-                where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-                reason = " ".join(str(getattr(err, "problem", None) or err).split())
-                exit_with(ConfigError(f"{path} is not valid YAML: {reason}{where}; fix or remove it"))
-            except (OSError, UnicodeDecodeError) as err:
-                exit_with(ConfigError(f"{path} cannot be read as a text config file ({err}); fix or remove it"))
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A config file that is not YAML (an edit left half done): the file and the place, where Hydra prints the
+    YAML parser's traceback."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+    reason = " ".join(str(getattr(error, "problem", None) or error).split())
+    return f"{mark.name if mark else 'a config file'} is not valid YAML: {reason}{where}; fix or remove it"
+
+
+def first_line(text: str) -> str:
+    return " ".join(text.strip().splitlines()[0].split()) if text.strip() else text
 
 
 def extra_config_dirs(arguments: Sequence[str]) -> list[Path]:
@@ -322,51 +345,26 @@ def unknown_key(tree: dict, override: Any) -> str | None:
 
 def refuse_bad_hydra_overrides(config_dirs: list[Path], config_name: str, groups: list[Any],
                                hydra_overrides: list[Any]) -> None:
-    """``hydra/launcher=jobli``, ``hydra.sweeper.n_trial=5``, ``hydra.sweeper.sampler.seed=abc``, a sweep of a Hydra
-    setting: one line, where Hydra prints a paragraph. What composes with Hydra's own node passes untouched, and an
-    option in a ``--config-dir`` folder counts."""
-    config_dir, *extra_dirs = config_dirs
-    hydra_groups = [o for o in hydra_overrides if o.key_or_group.startswith("hydra/")]
-    hydra_keys = [o for o in hydra_overrides if o not in hydra_groups]
+    """``hydra.sweeper.n_trial=5``, ``hydra.sweeper.sampler.seed=abc``, a sweep of a Hydra setting: one line naming
+    the override Hydra refused, where Hydra prints a paragraph (or names no key)."""
+    hydra_keys = [o for o in hydra_overrides if not o.key_or_group.startswith("hydra/")]
     for override in (o for o in hydra_keys if o.is_sweep_override()):
         exit_with(ConfigError(f"{override.input_line} cannot be swept: {search_space_hint(override)}"))
-    choices = group_choices(groups)
-    try:
-        composed_tree(config_dir, config_name, choices + [o.input_line for o in hydra_overrides], with_hydra=True)
+    if len(config_dirs) > 1:  # the compositions below cannot see --config-dir folders: Hydra's words stand
         return
-    except Exception:
-        pass
-    for override in hydra_groups:
-        options = sorted({*hydra_group_options(config_dir, override.key_or_group),
-                          *(p.stem for folder in extra_dirs for p in (folder / override.key_or_group).glob("*.yaml"))})
-        for option in swept_values(override):
-            if str(option) not in options:
-                exit_with(ConfigError(f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"))
-    if extra_dirs:  # the compositions below cannot see those folders: Hydra judges the rest
-        return
-    choices += [o.input_line for o in hydra_groups]
+    choices = group_choices(groups) + [o.input_line for o in hydra_overrides if o not in hydra_keys]
     try:
-        tree = composed_tree(config_dir, config_name, choices, with_hydra=True)
+        tree = composed_tree(config_dirs[0], config_name, choices, with_hydra=True)
     except Exception:
         return
     for override in hydra_keys:
         try:
-            composed_tree(config_dir, config_name, [*choices, override.input_line], with_hydra=True)
+            composed_tree(config_dirs[0], config_name, [*choices, override.input_line], with_hydra=True)
         except Exception as err:
-            reason = " ".join(str(err.__cause__ or err).strip().splitlines()[0].split())
+            reason = first_line(str(err.__cause__ or err))
             if override.key_or_group.startswith("hydra.sweeper.params."):  # its keys hold dots: optimizer.lr
                 exit_with(ConfigError(f"{override.input_line}: {search_space_hint(override)}"))
             exit_with(ConfigError(unknown_key(tree, override) or f"{override.input_line}: {reason}"))
-
-
-def hydra_group_options(config_dir: Path, group: str) -> list[str]:
-    """The options of a group, plugins' included (``hydra/launcher``: basic, joblib, ...). Hydra's config loader
-    is reached through ``GlobalHydra``, used here alone; tests/test_config.py fails loudly if Hydra changes it."""
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        return GlobalHydra.instance().config_loader().get_group_options(group)
 
 
 def search_space_hint(override: Any) -> str:

@@ -6,14 +6,17 @@ anything else is a bug and keeps its traceback. ``HYDRA_FULL_ERROR=1`` shows the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NoReturn, TypeVar
 
 log = logging.getLogger("mlplab")
+FULL_ERROR = "HYDRA_FULL_ERROR"
+RAISED_FOR_CLI = "MLPLAB_HYDRA_ERRORS_RAISED"  # FULL_ERROR was set by hydra_errors_raised, not by the user
 T = TypeVar("T")
 
 
@@ -51,16 +54,39 @@ def reported_as_one_line(task: Callable[..., T]) -> Callable[..., T]:
             return task(*args, **kwargs)
         except Exception as err:
             user_error = user_error_in(err)
-            if user_error is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if user_error is None or wants_traceback():
                 raise
             exit_with(user_error)
 
     return wrapper
 
 
+def wants_traceback() -> bool:
+    """``HYDRA_FULL_ERROR=1`` set by the user, who asks for tracebacks of their own mistakes too."""
+    return os.environ.get(FULL_ERROR) == "1" and RAISED_FOR_CLI not in os.environ
+
+
 def exit_with(error: UserError) -> NoReturn:
     """Print ``error: <message>`` (one line) and exit with status 1; ``HYDRA_FULL_ERROR=1`` raises it instead."""
-    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    if wants_traceback():
         raise error
     log.error("error: %s", error)
     sys.exit(1)
+
+
+@contextlib.contextmanager
+def hydra_errors_raised() -> Iterator[None]:
+    """Let Hydra's own exceptions (an option that does not exist, a key not in the config) reach the caller instead
+    of Hydra's paragraph, through the switch Hydra documents for it, ``HYDRA_FULL_ERROR=1``, marked as set by mlplab
+    so that :func:`wants_traceback` (here, in the task and in the processes it starts) still answers for the user."""
+    saved = {key: os.environ.get(key) for key in (FULL_ERROR, RAISED_FOR_CLI)}
+    if not wants_traceback():
+        os.environ |= {FULL_ERROR: "1", RAISED_FOR_CLI: "1"}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

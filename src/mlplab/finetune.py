@@ -20,7 +20,6 @@ from torch.optim import Optimizer
 
 from mlplab.checkpoint_reader import PretrainedNet, load_pretrained, refuse_misfit, report_origin
 from mlplab.classifier import ClassifierModule
-from mlplab.config import validate
 from mlplab.data.datamodule import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.pipeline import build_datamodule, build_module, build_trainer, compile_network, fit_and_report, start_run
@@ -124,7 +123,6 @@ def pretrained_module(
 
 def finetune(cfg: DictConfig) -> float:
     """Fine-tune ``cfg.pretrained`` on ``cfg.data``; returns the best checkpoint's monitored metric (like train)."""
-    validate(cfg)
     pretrained = load_pretrained(cfg.get("pretrained"))
     origin = report_origin(pretrained.path, cfg.output_dir, key="pretrained")
     start_run(cfg)

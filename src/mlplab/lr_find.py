@@ -24,7 +24,6 @@ from lightning.pytorch.tuner import Tuner
 from matplotlib.figure import Figure
 from omegaconf import DictConfig
 
-from mlplab.config import validate
 from mlplab.errors import UserError
 from mlplab.pipeline import build
 from mlplab.tracking import log_figure
@@ -55,7 +54,6 @@ def loss_vs_lr_figure(finder: Any, peak: float, default_lr: float) -> Figure:
 
 def lr_range_test(cfg: DictConfig) -> dict[str, Any]:
     """Run the range test on ``cfg``'s recipe; print and return the suggested LR and the one-cycle peak."""
-    validate(cfg)
     settings = cfg.lr_find
     datamodule, module, trainer = build(cfg)
     finder = Tuner(trainer).lr_find(

@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlplab.checkpoint_reader import refuse_misfit
 from mlplab.classifier import ClassifierModule
-from mlplab.config import validate
 from mlplab.data.datamodule import MNISTDataModule
 from mlplab.errors import UserError
 from mlplab.faults import is_collective_failure, lost_workers
@@ -121,7 +120,6 @@ def train(cfg: DictConfig) -> float:
 
     Returns the monitored metric of the best checkpoint so a Hydra sweeper can optimize it.
     """
-    validate(cfg)
     datamodule, module, trainer = build(cfg)
     if cfg.get("ckpt_path"):
         refuse_misfit(cfg.ckpt_path, module.hparams.net, dict(datamodule.hparams))

@@ -23,7 +23,6 @@ import functools
 import json
 import logging
 import math
-import os
 import statistics
 import sys
 import time
@@ -39,7 +38,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mlplab.config import available_cores
-from mlplab.errors import ConfigError, user_error_in
+from mlplab.errors import ConfigError, user_error_in, wants_traceback
 from mlplab.run_record import read_tracker_runs
 
 log = logging.getLogger(__name__)
@@ -135,7 +134,7 @@ def recorded_sweep_job(task: Callable[[DictConfig], float]) -> Callable[[DictCon
                 log.error("error: %s", record["error"])
             else:
                 log.exception("job failed; the sweep goes on")
-            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            if wants_traceback():
                 raise
         finally:
             record["wall_time_s"] = round(time.perf_counter() - start, 3)
