@@ -95,14 +95,25 @@ def resume_command(entry_point: str, overrides: list[str], checkpoint: str | Pat
     return shlex.join(["python", entry_point, *kept, f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}"])
 
 
+def entry_script() -> Path:
+    """The script this process runs (``train.py``): with :func:`typed_arguments`, the one place the package reads the
+    command line."""
+    return Path(sys.argv[0]).resolve()
+
+
 def entry_point() -> str:
-    """The script this process runs (``train.py``): the one place the package reads it from the command line."""
-    script = Path(sys.argv[0])
+    script = entry_script()
     return script.name if script.suffix == ".py" else "train.py"
+
+
+def typed_arguments() -> list[str]:
+    """The arguments as typed: a multirun's sweeps (``optimizer.lr=1e-3,3e-3``), which Hydra records only as each
+    job's own values."""
+    return sys.argv[1:]
 
 
 def command_line_overrides() -> list[str]:
     """This run's overrides: Hydra's record of them (one job's values in a multirun), else the command line."""
     if HydraConfig.initialized():
         return list(HydraConfig.get().overrides.task)
-    return sys.argv[1:]
+    return typed_arguments()

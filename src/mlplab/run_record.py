@@ -23,7 +23,6 @@ import os
 import platform
 import shlex
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -36,7 +35,7 @@ from omegaconf import DictConfig
 
 from mlplab.data.idx import FILES, raw_folder
 from mlplab.errors import TrainingDiverged, user_error_in
-from mlplab.run_dirs import command_line_overrides, entry_point, resume_command
+from mlplab.run_dirs import command_line_overrides, entry_point, entry_script, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ def now() -> str:
 
 def code_root() -> Path:
     """The checkout the code runs from: the entry point's folder, else the one above the ``mlplab`` package."""
-    script = Path(sys.argv[0]).resolve()
+    script = entry_script()
     return script.parent if script.suffix == ".py" and script.is_file() else Path(__file__).resolve().parents[2]
 
 

@@ -16,7 +16,6 @@ metrics are Lightning's ``self.log`` values, which every logger receives.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, W
 from matplotlib.figure import Figure
 
 from mlplab.config import parsed_override
+from mlplab.run_dirs import typed_arguments
 from mlplab.run_record import RUN_RECORD, note_tracker
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def run_names(task_name: str, output_dir: str | Path) -> tuple[str, str]:
     ``<job>: <the overrides this job was given that were not typed as such>``, e.g. ``3: optimizer.lr=0.003``."""
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
         hydra_cfg = HydraConfig.get()
-        own = [item for item in hydra_cfg.overrides.task if item.partition("=")[0] not in fixed_keys(sys.argv[1:])]
+        own = [item for item in hydra_cfg.overrides.task if item.partition("=")[0] not in fixed_keys(typed_arguments())]
         return str(hydra_cfg.sweep.dir), f"{hydra_cfg.job.num}: {' '.join(own) or 'defaults'}"
     return task_name, Path(output_dir).name
 
