@@ -17,7 +17,6 @@ composes the config once, and only when it raises does :func:`refuse_composition
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
 from collections.abc import Iterator, Sequence
@@ -241,10 +240,10 @@ def refuse_composition(config_dir: str | Path, config_name: str, overrides: Sequ
         exit_with(ConfigError(yaml_problem(error)))
     if not isinstance(error, HydraException):
         raise error
-    config_dirs = [Path(config_dir).resolve(), *extra_config_dirs(overrides)]
+    config_dir = Path(config_dir).resolve()
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and "/" in error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        options = error.options or sorted({p.stem for folder in config_dirs for p in (folder / group).glob("*.yaml")})
+        options = error.options or sorted(p.stem for p in (config_dir / group).glob("*.yaml"))  # logger=[a,b]: none
         exit_with(ConfigError(f"{group}={option} is not an option; choose one of {', '.join(options)}"))
     if isinstance(error, OverrideParseException):
         exit_with(ConfigError(f"{error.override} cannot be read: {first_line(error.message)} "
@@ -252,13 +251,13 @@ def refuse_composition(config_dir: str | Path, config_name: str, overrides: Sequ
     parsed = [parsed_override(text) for text in overrides if not text.startswith("-") and "=" in text]
     hydra_overrides = [o for o in parsed if o.key_or_group.startswith("hydra")]
     parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
-    is_group = lambda o: (config_dirs[0] / o.key_or_group).is_dir()  # noqa: E731
+    is_group = lambda o: (config_dir / o.key_or_group).is_dir()  # noqa: E731
     groups = [o for o in parsed if is_group(o)]
     keys = [o for o in parsed if not (is_group(o) or o.is_add() or o.is_force_add() or o.is_delete())]
     if keys:
-        refuse_unknown_keys(config_dirs[0], config_name, groups, keys)
-    if hydra_overrides:
-        refuse_bad_hydra_overrides(config_dirs, config_name, groups, hydra_overrides)
+        refuse_unknown_keys(config_dir, config_name, groups, keys)
+    if hydra_overrides and not any(text.startswith(("-cd", "--config-dir")) for text in overrides):
+        refuse_bad_hydra_overrides(config_dir, config_name, groups, hydra_overrides)  # (it cannot see those folders)
     cause = f": {first_line(str(error.__cause__))}" if error.__cause__ else ""
     exit_with(ConfigError(f"{first_line(str(error))}{cause}"))
 
@@ -274,16 +273,6 @@ def yaml_problem(error: yaml.YAMLError) -> str:
 
 def first_line(text: str) -> str:
     return " ".join(text.strip().splitlines()[0].split()) if text.strip() else text
-
-
-def extra_config_dirs(arguments: Sequence[str]) -> list[Path]:
-    """Folders added with ``--config-dir DIR`` (``-cd``): their group options are options too."""
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
-    parser.add_argument("--config-dir", "-cd", action="append", default=[])
-    try:
-        return [Path(folder).resolve() for folder in parser.parse_known_args(list(arguments))[0].config_dir]
-    except argparse.ArgumentError:  # `-cd` without a folder: Hydra says so
-        return []
 
 
 def swept_values(override: Any) -> list[Any]:
@@ -343,23 +332,21 @@ def unknown_key(tree: dict, override: Any) -> str | None:
     return None
 
 
-def refuse_bad_hydra_overrides(config_dirs: list[Path], config_name: str, groups: list[Any],
+def refuse_bad_hydra_overrides(config_dir: Path, config_name: str, groups: list[Any],
                                hydra_overrides: list[Any]) -> None:
     """``hydra.sweeper.n_trial=5``, ``hydra.sweeper.sampler.seed=abc``, a sweep of a Hydra setting: one line naming
     the override Hydra refused, where Hydra prints a paragraph (or names no key)."""
     hydra_keys = [o for o in hydra_overrides if not o.key_or_group.startswith("hydra/")]
     for override in (o for o in hydra_keys if o.is_sweep_override()):
         exit_with(ConfigError(f"{override.input_line} cannot be swept: {search_space_hint(override)}"))
-    if len(config_dirs) > 1:  # the compositions below cannot see --config-dir folders: Hydra's words stand
-        return
     choices = group_choices(groups) + [o.input_line for o in hydra_overrides if o not in hydra_keys]
     try:
-        tree = composed_tree(config_dirs[0], config_name, choices, with_hydra=True)
+        tree = composed_tree(config_dir, config_name, choices, with_hydra=True)
     except Exception:
         return
     for override in hydra_keys:
         try:
-            composed_tree(config_dirs[0], config_name, [*choices, override.input_line], with_hydra=True)
+            composed_tree(config_dir, config_name, [*choices, override.input_line], with_hydra=True)
         except Exception as err:
             reason = first_line(str(err.__cause__ or err))
             if override.key_or_group.startswith("hydra.sweeper.params."):  # its keys hold dots: optimizer.lr
