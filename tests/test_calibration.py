@@ -112,7 +112,7 @@ def test_eval_reports_calibration_the_reject_table_and_how_well_confidence_spots
     assert sum(row["images"] for row in report["reliability"]["scaled"]) == 200
     coverage = [row["coverage"] for row in report["reject"]]
     assert [row["threshold"] for row in report["reject"]] == [0.5, 0.9, 0.99] and coverage == sorted(coverage, reverse=True)
-    assert report["ood"]["images"] == 20 and 0 <= report["ood"]["auroc"] <= 1
+    assert report["ood"]["images"] == 20 and 0 <= report["ood"]["auroc"] <= 1 and 0 <= report["ood"]["auroc_raw"] <= 1
     assert all(0 <= row["ood_accepted"] <= 1 for row in report["reject"])
     assert (tmp_path / "eval" / "reliability.png").stat().st_size > 1000
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["ood"] == report["ood"]

@@ -13,7 +13,7 @@ import csv
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -228,8 +228,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     run = trainer.test if cfg.split == "test" else trainer.validate
     scores = run(trained.module, datamodule=datamodule, verbose=False)[0]
     report = analysis.reports[cfg.split]
-    if ood is not None:  # both sides through the same float32 path (the evaluation pass may run in bf16)
-        ood = (ood[0], class_probabilities(trained, split_pictures(datamodule, cfg.split)), class_probabilities(trained, ood[1]))
+    if ood is not None:  # both sides through the same float32 path (the evaluation pass may run in bf16), at T and 1
+        pictures, uncalibrated = split_pictures(datamodule, cfg.split), replace(trained, temperature=1.0)
+        ood = (ood[0], *(class_probabilities(model, images) for model in (trained, uncalibrated) for images in (pictures, ood[1])))
     confidence = ConfidenceReport.of(cfg, trained, *scaling.collected[cfg.split], scaling.bins, ood)
 
     metrics = {
@@ -281,10 +282,12 @@ class ConfidenceReport:
     ood_name: str | None = None
     in_probabilities: torch.Tensor | None = None  # the split's, computed like ood_probabilities (scaled)
     ood_probabilities: torch.Tensor | None = None
+    in_raw: torch.Tensor | None = None  # both at T = 1: does the temperature change how well confidence separates them?
+    ood_raw: torch.Tensor | None = None
 
     @classmethod
     def of(cls, cfg: DictConfig, trained: TrainedClassifier, logits: torch.Tensor, labels: torch.Tensor, bins: int,
-           ood: tuple[str, torch.Tensor, torch.Tensor] | None) -> ConfidenceReport:
+           ood: tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None) -> ConfidenceReport:
         t = trained.temperature
         return cls(t, logits.softmax(1), (logits / t).softmax(1), labels, bins, list(cfg.thresholds), *(ood or ()))
 
@@ -299,7 +302,8 @@ class ConfidenceReport:
         }
         if self.ood_probabilities is not None:
             found["ood"] = {"data": self.ood_name, "images": len(self.ood_probabilities),
-                            "auroc": round(ood_auroc(self.in_probabilities, self.ood_probabilities), 6)}
+                            "auroc": round(ood_auroc(self.in_probabilities, self.ood_probabilities), 6),
+                            "auroc_raw": round(ood_auroc(self.in_raw, self.ood_raw), 6)}
         self._metrics = found | {"split": split}
         return found
 
@@ -316,8 +320,8 @@ class ConfidenceReport:
         log.info("calibration error (%d bins): %.4f at T = 1 -> %.4f at T = %.4g (%s)", self.bins, m[f"{split}/ece"],
                  m[f"{split}/ece_scaled"], self.temperature, origin)
         if "ood" in m:
-            log.info("out of distribution: %s (%d images) vs %s: AUROC of the top probability %.4f",
-                     m["ood"]["data"], m["ood"]["images"], split, m["ood"]["auroc"])
+            log.info("out of distribution: %s (%d images) vs %s: AUROC of the top probability %.4f (%.4f at T = 1)",
+                     m["ood"]["data"], m["ood"]["images"], split, m["ood"]["auroc"], m["ood"]["auroc_raw"])
         lines = ["answer only when top probability >= threshold:", "threshold  coverage  accuracy" + ("  ood answered" if "ood" in m else "")]
         for row in m["reject"]:
             accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
