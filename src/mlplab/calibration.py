@@ -14,7 +14,6 @@ what eval.py reports; out-of-distribution separation is its AUROC of the top pro
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,7 +30,7 @@ from mlplab.tracking import image_loggers, log_figure
 TEMPERATURE_KEY = "temperature"  # in a checkpoint: the T fitted on validation for that checkpoint's weights
 BINS = 15
 # T is kept within these bounds: a validation split the network separates perfectly drives the NLL's minimum to T -> 0.
-LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))
+T_BOUNDS = (0.05, 20.0)
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_steps: int = 50) -> float:
@@ -41,7 +40,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, max_steps: int =
     raises the loss is halved."""
     logits, labels = logits.detach().float().cpu(), labels.detach().cpu()
     true_logit = logits.gather(1, labels[:, None])[:, 0]
-    low, high = 1 / math.exp(LOG_T_BOUNDS[1]), 1 / math.exp(LOG_T_BOUNDS[0])
+    low, high = 1 / T_BOUNDS[1], 1 / T_BOUNDS[0]
     nll = lambda b: float((torch.logsumexp(b * logits, 1) - b * true_logit).mean())  # noqa: E731
     b, loss = 1.0, nll(1.0)
     for _ in range(max_steps):
@@ -91,7 +90,7 @@ def none_if_nan(value: torch.Tensor) -> float | None:
 
 
 def reliability_bins(probabilities: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> ReliabilityBins:
-    """The bins of ``calibration_error`` (torchmetrics' edges: a confidence on an edge counts in the bin below it)."""
+    """The bins of ``calibration_error`` (torchmetrics' binning: [low, high), the last bin holding 1.0 too)."""
     confidence, predicted = probabilities.float().max(1)
     correct = (predicted == labels).float()
     edges = torch.linspace(0, 1, bins + 1)
@@ -103,7 +102,8 @@ def reliability_bins(probabilities: torch.Tensor, labels: torch.Tensor, bins: in
 
 def selective_scores(probabilities: torch.Tensor, labels: torch.Tensor, thresholds: Sequence[float],
                      ood_probabilities: torch.Tensor | None = None) -> list[dict[str, Any]]:
-    """Per threshold: the share of images answered (top probability >= threshold), the accuracy on those, and
+    """Per threshold: the share of images answered (top probability >= threshold: predict.py's ``reject_below``
+    rule, ``mlplab.prediction.unsure``), the accuracy on those, and
     with ``ood_probabilities`` the share of out-of-distribution images that would be answered (wrongly)."""
     confidence, predicted = probabilities.max(1)
     rows = []
