@@ -121,8 +121,11 @@ def run_exported(path: Path, images: torch.Tensor) -> torch.Tensor:
 def quantize_int8(fp32: Path, path: Path) -> None:
     """onnxruntime's dynamic quantization: int8 weights, activations quantized per batch (no calibration data),
     after its recommended pre-processing (shape inference, graph optimization). The model's metadata stays."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as err:
+        raise UserError(ONNX_EXTRA) from err
 
     prepared = fp32.with_name("prepared.onnx")
     root = logging.getLogger()
