@@ -192,7 +192,8 @@ def test_predict_classifies_pictures_of_any_size_and_polarity(tiny_run, data_dir
 
     trained = load_trained(ckpt)
     with torch.no_grad():
-        expected = trained.module(((images.float() / 255 - trained.info.mean) / trained.info.std).unsqueeze(1)).softmax(1)
+        logits = trained.module(((images.float() / 255 - trained.info.mean) / trained.info.std).unsqueeze(1))
+    expected = (logits / trained.temperature).softmax(1)  # calibrated: the temperature the run fitted on validation
     for index in range(len(images)):
         for name in (f"digit{index}.png", f"digit{index}_inverted.png"):
             assert rows[name]["class_1"] == str(int(expected[index].argmax())), name
@@ -254,7 +255,7 @@ def test_exported_files_give_the_checkpoints_logits_without_mlplab(tiny_run, dat
     logits = torch.load(tmp_path / "logits.pt")
     trained = load_trained(ckpt)
     with torch.no_grad():
-        expected = trained.module((images - trained.info.mean) / trained.info.std)
+        expected = trained.module((images - trained.info.mean) / trained.info.std) / trained.temperature  # built in
     for fmt in ("export", "torchscript", "onnx"):
         assert torch.allclose(logits[fmt], expected, atol=1e-4, rtol=1e-4), fmt
 

@@ -57,7 +57,8 @@ def test_each_run_has_the_hparams_names_per_epoch_and_test_metrics_and_artifacts
         assert run.data.metrics["test/acc"] == pytest.approx(metrics["test/acc"])
         assert run.data.tags["best_ckpt"] == metrics["best_ckpt"]
         figures = {a.path for a in client.list_artifacts(run_id, "figures/test")}
-        assert figures == {"figures/test/confusion_matrix.png", "figures/test/misclassified.png"}
+        assert figures == {"figures/test/confusion_matrix.png", "figures/test/misclassified.png",
+                           "figures/test/reliability.png"}
         copy = client.download_artifacts(run_id, "metrics.json", str(tmp_path))
         assert json.loads(Path(copy).read_text()) == metrics
 
@@ -110,7 +111,7 @@ def test_wandb_offline_run_holds_the_hparams_metrics_and_figures(sweep_run):
     metrics = json.loads((job_dir / "metrics.json").read_text())
     assert [row["test/acc"] for row in history if "test/acc" in row] == [pytest.approx(metrics["test/acc"])]
     figures = {key.removesuffix("/_type") for row in history for key, value in row.items() if value == "images/separated"}
-    assert figures == {"train/samples", "test/confusion_matrix", "test/misclassified"}
+    assert figures == {"train/samples", "test/confusion_matrix", "test/misclassified", "test/reliability"}
     assert json.loads((run_dir / "files" / "metrics.json").read_text()) == metrics
     record = json.loads((job_dir / "run.json").read_text())
     assert record["trackers"]["wandb"]["group"] == str(sweep_dir)  # a sweep is one W&B group

@@ -1,8 +1,9 @@
 """Reading checkpoints: every ``torch.load`` of one in the package, always ``weights_only=True`` (a checkpoint can
 never run code), and every way a file can be unusable told in one line naming it and what is wrong.
 
-- A finished run's (eval.py, predict.py, export.py): the network, and the data settings stored beside it by
-  Lightning (dataset, class names, mean and std, the exact validation split), so nobody repeats them.
+- A finished run's (eval.py, predict.py, export.py): the network, the data settings stored beside it by
+  Lightning (dataset, class names, mean and std, the exact validation split), so nobody repeats them, and the
+  temperature fitted on that split (``mlplab.calibration``; 1.0 when the checkpoint has none).
 - Pretrained weights (finetune.py): a checkpoint, or a plain state dict whose widths, input size and class count
   come from the weight shapes (activation, dropout: the MLP's defaults).
 - Whether a checkpoint fits this config, which run wrote it, which epoch ``last.ckpt`` holds. Writing them:
@@ -23,6 +24,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mlplab.calibration import TEMPERATURE_KEY
 from mlplab.choices import DATASETS, DatasetInfo
 from mlplab.classifier import ClassifierModule
 from mlplab.data.csv_data import CSVDataModule
@@ -163,7 +165,7 @@ class TrainedClassifier:
     data_class: type[SplitDataModule] = MNISTDataModule
     data_record: dict[str, Any] | None = None  # the datamodule's state_dict: class names, normalization, shape
     origin: dict[str, Any] | None = None  # the run that wrote it: dir, commit, data hashes (mlplab.run_record)
-    temperature: float = 1.0  # logits are divided by it before softmax (1.0: uncalibrated)
+    temperature: float = 1.0  # logits are divided by it before softmax (1.0: uncalibrated; mlplab.calibration)
 
     @property
     def dataset(self) -> str:
@@ -201,7 +203,9 @@ def load_trained(ckpt_path: str | Path) -> TrainedClassifier:
                         "and dataset (write one with train.py)")
     module = ClassifierModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     data_class = DATAMODULES[kind] if kind else MNISTDataModule
-    return TrainedClassifier(module.eval(), dict(data), data_class, raw[kind] if kind else None)
+    temperature = raw.get(TEMPERATURE_KEY)  # absent from checkpoints written before calibration, or without it
+    return TrainedClassifier(module.eval(), dict(data), data_class, raw[kind] if kind else None,
+                             temperature=float(temperature) if temperature is not None else 1.0)
 
 
 # What a checkpoint's weights and labels depend on: a run resumed or evaluated with other values cannot use them.

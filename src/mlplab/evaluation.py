@@ -1,4 +1,5 @@
-"""Where a model fails: confusion matrix, per-class precision/recall/F1 and its most confident mistakes.
+"""Where a model fails: confusion matrix, per-class precision/recall/F1, its most confident mistakes, and how far
+its confidence can be trusted (calibration error, reliability diagram, the reject table, out-of-distribution AUROC).
 
 ``ErrorAnalysis`` is a callback watching a standalone ``trainer.validate`` or ``trainer.test`` pass, so its
 numbers come from the very forward pass that produced the logged loss and accuracy (same device, same
@@ -12,7 +13,7 @@ import csv
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,21 @@ from torchmetrics.classification import (
     MulticlassRecall,
 )
 
+from mlplab.calibration import (
+    TemperatureScaling,
+    calibration_error,
+    ood_auroc,
+    reliability_bins,
+    selective_scores,
+)
 from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config, refuse_misfit
-from mlplab.data.datamodule import MNISTDataModule
-from mlplab.errors import ConfigError
-from mlplab.figures import confusion_matrix_figure, image_grid_figure, to_display
+from mlplab.choices import DATASETS
+from mlplab.data.datamodule import MNISTDataModule, load_split
+from mlplab.data.pictures import IMAGE_SUFFIXES, prepare_picture
+from mlplab.errors import ConfigError, UserError
+from mlplab.figures import confusion_matrix_figure, image_grid_figure, reliability_figure, to_display
 from mlplab.pipeline import build_datamodule, build_trainer
+from mlplab.prediction import class_probabilities
 from mlplab.rules import check
 from mlplab.run_record import note_data, warn_if_data_changed
 from mlplab.tracking import image_loggers, log_figure
@@ -200,17 +211,27 @@ def evaluation_datamodule(cfg: DictConfig, trained: TrainedClassifier) -> MNISTD
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` on ``cfg.split``; print the scores, write metrics.json, per_class.csv,
     confusion_matrix.png and misclassified.png to ``cfg.output_dir``."""
-    check({"split": cfg.split, "top_confused": cfg.top_confused})
+    check({key: cfg.get(key) for key in ("split", "top_confused", "ood", "thresholds")})
     trained = load_trained_from_config(cfg)
     datamodule = evaluation_datamodule(cfg, trained)
     warn_if_data_changed(trained.origin, note_data(datamodule, cfg.output_dir))
+    ood = ood_pictures(cfg, trained, datamodule.name) if cfg.get("ood") is not None else None  # bad ood= fails now
     trainer = build_trainer(cfg)
     analysis = next((cb for cb in trainer.callbacks if isinstance(cb, ErrorAnalysis)), None)
     if analysis is None or cfg.split not in analysis.splits:
         raise ConfigError(f"callbacks.error_analysis must be an mlplab.evaluation.ErrorAnalysis covering split={cfg.split}")
+    scaling = next((cb for cb in trainer.callbacks if isinstance(cb, TemperatureScaling)), None)
+    if scaling is None or scaling.fit:
+        raise ConfigError("callbacks.temperature_scaling must be an mlplab.calibration.TemperatureScaling with fit: false "
+                          "(eval.py measures the checkpoint's temperature; it never fits one on the data it reports)")
+    scaling.temperature = trained.temperature
     run = trainer.test if cfg.split == "test" else trainer.validate
     scores = run(trained.module, datamodule=datamodule, verbose=False)[0]
     report = analysis.reports[cfg.split]
+    if ood is not None:  # both sides through the same float32 path (the evaluation pass may run in bf16), at T and 1
+        pictures, uncalibrated = split_pictures(datamodule, cfg.split), replace(trained, temperature=1.0)
+        ood = (ood[0], *(class_probabilities(model, images) for model in (trained, uncalibrated) for images in (pictures, ood[1])))
+    confidence = ConfidenceReport.of(cfg, trained, *scaling.collected[cfg.split], scaling.bins, ood)
 
     metrics = {
         f"{cfg.split}/acc": scores[f"{cfg.split}/acc"],
@@ -220,14 +241,16 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "dataset": datamodule.name,
         "ckpt_path": str(Path(cfg.ckpt_path).resolve()),
         "most_confused": report.most_confused(cfg.top_confused),
-    }
+    } | confidence.metrics(cfg.split)
     if trainer.is_global_zero:
         write_report(Path(cfg.output_dir), metrics, report)
+        confidence.figure(f"{datamodule.name} {cfg.split}").savefig(Path(cfg.output_dir) / "reliability.png")
         log.info("%s on %s %s (%d images): acc %.4f  loss %.4f", Path(cfg.ckpt_path).name, metrics["dataset"],
                  cfg.split, metrics["images"], metrics[f"{cfg.split}/acc"], metrics[f"{cfg.split}/loss"])
         log.info("per class:\n%s", report.table())
         pairs = ", ".join(f"{p['true']} -> {p['predicted']} ({p['count']})" for p in metrics["most_confused"])
         log.info("most confused (true -> predicted): %s", pairs or "none")
+        confidence.log()
         log.info("run dir: %s", cfg.output_dir)
     return metrics
 
@@ -242,3 +265,96 @@ def write_report(output_dir: Path, metrics: dict[str, Any], report: Classificati
     report.confusion_figure().savefig(output_dir / "confusion_matrix.png")
     if report.has_images:
         report.mistakes_figure().savefig(output_dir / "misclassified.png")
+
+
+@dataclass
+class ConfidenceReport:
+    """How far the checkpoint's confidence can be trusted on one split: calibration error before (T = 1) and after
+    its temperature, the reliability bins of both, the reject table and, with ``ood=``, the out-of-distribution
+    AUROC of the top probability."""
+
+    temperature: float
+    raw: torch.Tensor  # probabilities [N, classes] at T = 1
+    scaled: torch.Tensor  # at the checkpoint's temperature
+    labels: torch.Tensor
+    bins: int
+    thresholds: list[float]
+    ood_name: str | None = None
+    in_probabilities: torch.Tensor | None = None  # the split's, computed like ood_probabilities (scaled)
+    ood_probabilities: torch.Tensor | None = None
+    in_raw: torch.Tensor | None = None  # both at T = 1: does the temperature change how well confidence separates them?
+    ood_raw: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, cfg: DictConfig, trained: TrainedClassifier, logits: torch.Tensor, labels: torch.Tensor, bins: int,
+           ood: tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None) -> ConfidenceReport:
+        t = trained.temperature
+        return cls(t, logits.softmax(1), (logits / t).softmax(1), labels, bins, list(cfg.thresholds), *(ood or ()))
+
+    def metrics(self, split: str) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "temperature": self.temperature,
+            f"{split}/ece": round(calibration_error(self.raw, self.labels, self.bins), 6),
+            f"{split}/ece_scaled": round(calibration_error(self.scaled, self.labels, self.bins), 6),
+            "reliability": {name: reliability_bins(p, self.labels, self.bins).rows()
+                            for name, p in (("raw", self.raw), ("scaled", self.scaled))},
+            "reject": selective_scores(self.scaled, self.labels, self.thresholds, self.ood_probabilities),
+        }
+        if self.ood_probabilities is not None:
+            found["ood"] = {"data": self.ood_name, "images": len(self.ood_probabilities),
+                            "auroc": round(ood_auroc(self.in_probabilities, self.ood_probabilities), 6),
+                            "auroc_raw": round(ood_auroc(self.in_raw, self.ood_raw), 6)}
+        self._metrics = found | {"split": split}
+        return found
+
+    def figure(self, what: str) -> Figure:
+        split = self._metrics["split"]
+        title = (f"{what}: ECE {self._metrics[f'{split}/ece']:.4f} (T = 1) -> "
+                 f"{self._metrics[f'{split}/ece_scaled']:.4f} (T = {self.temperature:.3g})")
+        return reliability_figure(reliability_bins(self.raw, self.labels, self.bins),
+                                  reliability_bins(self.scaled, self.labels, self.bins), self.temperature, title)
+
+    def log(self) -> None:
+        m, split = self._metrics, self._metrics["split"]
+        origin = "fitted on validation" if self.temperature != 1.0 else "none stored in the checkpoint"
+        log.info("calibration error (%d bins): %.4f at T = 1 -> %.4f at T = %.4g (%s)", self.bins, m[f"{split}/ece"],
+                 m[f"{split}/ece_scaled"], self.temperature, origin)
+        if "ood" in m:
+            log.info("out of distribution: %s (%d images) vs %s: AUROC of the top probability %.4f (%.4f at T = 1)",
+                     m["ood"]["data"], m["ood"]["images"], split, m["ood"]["auroc"], m["ood"]["auroc_raw"])
+        lines = ["answer only when top probability >= threshold:", "threshold  coverage  accuracy" + ("  ood answered" if "ood" in m else "")]
+        for row in m["reject"]:
+            accuracy = "-" if row["accuracy"] is None else f"{row['accuracy']:.4f}"
+            lines.append(f"{row['threshold']:>9}  {row['coverage']:>8.4f}  {accuracy:>8}"
+                         + (f"  {row['ood_accepted']:>12.4f}" if "ood_accepted" in row else ""))
+        log.info("\n".join(lines))
+
+
+def split_pictures(datamodule: MNISTDataModule, split: str) -> torch.Tensor:
+    """The evaluated split's images [N, H, W] in [0, 1] (before normalization), as ``class_probabilities`` takes them."""
+    part = datamodule.test_set if split == "test" else datamodule.val_set
+    images = part[0] if isinstance(part, tuple) else torch.stack([part[i][0] for i in range(len(part))])  # torchvision loader
+    return to_display(images, datamodule.info.mean, datamodule.info.std)[:, 0]
+
+
+def ood_pictures(cfg: DictConfig, trained: TrainedClassifier, evaluated: str) -> tuple[str, torch.Tensor]:
+    """``ood=``'s pictures [N, H, W] in [0, 1], light ink on dark: another dataset's official test images (from
+    ``cfg.data_dir``), or every PNG/JPEG under a folder, prepared as predict.py prepares a picture."""
+    name, info = str(cfg.ood), trained.info
+    others = [d for d in DATASETS if d not in (trained.dataset, evaluated)]
+    allowed = f"one of {', '.join(others)} or a folder of pictures"
+    if len(info.image_shape) != 3:
+        raise ConfigError(f"ood={name}: ckpt_path={cfg.ckpt_path} was trained on tabular data; ood= compares pictures")
+    if name in DATASETS:
+        if name in (trained.dataset, evaluated):
+            raise ConfigError(f"ood={name} is the data being evaluated (the model's own dataset): choose {allowed}")
+        images = load_split(cfg.data_dir, name, train=False)[0]  # missing files: the one-line DataError
+        return name, images.float() / 255
+    folder = Path(name)
+    if not folder.is_dir():
+        raise ConfigError(f"ood={name} must be {allowed}; {'it is a file' if folder.exists() else 'no such dataset or folder'}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise UserError(f"ood={name} holds no {'/'.join(s[1:].upper() for s in IMAGE_SUFFIXES)} picture (searched its subfolders too)")
+    size = info.image_shape[-1]
+    return name, torch.stack([prepare_picture(path, "auto", True, info.box, size) for path in files])

@@ -2,9 +2,14 @@
 
 Input: float32 images ``[N, 1, 28, 28]`` with pixel values in [0, 1], light ink on a dark background as in
 the dataset (what ``torchvision.transforms.ToTensor()`` makes of an MNIST image; ``uint8 / 255``).
-Output: logits ``[N, classes]``. A ``torch.export`` program (``.pt2``, default: ``torch.export.load(path).module()``),
-ONNX (``.onnx``: any ONNX runtime) or TorchScript (``.pt``, legacy: ``torch.jit.load``), each carrying the dataset,
-class names, mean and std (``mlplab.json`` extra file, or the ONNX ``mlplab`` metadata property).
+Output: logits ``[N, classes]`` already divided by the checkpoint's temperature (``mlplab.calibration``), so a plain
+softmax gives the calibrated probabilities predict.py prints, and the argmax is the network's. A ``torch.export``
+program (``.pt2``, default: ``torch.export.load(path).module()``), ONNX (``.onnx``: any ONNX runtime) or TorchScript
+(``.pt``, legacy: ``torch.jit.load``), each carrying the dataset, class names, mean, std and temperature
+(``mlplab.json`` extra file, or the ONNX ``mlplab`` metadata property).
+
+``quantize=int8`` (ONNX only): onnxruntime's dynamic quantization stores the weights as int8 and quantizes
+activations per batch at run time; checked by the share of inputs where it agrees with float32 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import tempfile
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,27 +39,31 @@ ONNX_EXTRA = "format=onnx needs the onnx extra: pip install 'mlplab[onnx]' (onnx
 
 
 class StandaloneClassifier(nn.Module):
-    """Raw images in [0, 1] -> normalization -> the trained network -> logits."""
+    """Raw images in [0, 1] -> normalization -> the trained network -> logits / temperature."""
 
-    def __init__(self, net: nn.Module, mean: float, std: float) -> None:
+    def __init__(self, net: nn.Module, mean: float, std: float, temperature: float = 1.0) -> None:
         super().__init__()
         self.net = net
         self.register_buffer("mean", torch.tensor(mean))
         self.register_buffer("std", torch.tensor(std))
+        self.register_buffer("temperature", torch.tensor(temperature))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net((images - self.mean) / self.std)
+        return self.net((images - self.mean) / self.std) / self.temperature
 
 
 def standalone(trained: TrainedClassifier) -> StandaloneClassifier:
-    return StandaloneClassifier(copy.deepcopy(trained.module.net), trained.info.mean, trained.info.std).eval()
+    info = trained.info
+    return StandaloneClassifier(copy.deepcopy(trained.module.net), info.mean, info.std, trained.temperature).eval()
 
 
-def metadata(trained: TrainedClassifier) -> dict[str, Any]:
+def metadata(trained: TrainedClassifier, quantize: str | None = None) -> dict[str, Any]:
     info = trained.info
     return {"dataset": trained.dataset, "class_names": list(trained.class_names), "mean": info.mean, "std": info.std,
+            "temperature": trained.temperature,
             "input": f"float32 [N, {', '.join(map(str, info.image_shape))}] in [0, 1], light ink on dark",
-            "output": "logits [N, classes]"}
+            "output": f"logits [N, classes] divided by the temperature {trained.temperature:.4g}: softmax gives "
+                      "calibrated probabilities"} | ({"quantized": f"{quantize} (onnxruntime dynamic)"} if quantize else {})
 
 
 @contextmanager
@@ -108,21 +118,59 @@ def run_exported(path: Path, images: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {INPUT: images.numpy()})[0])
 
 
+def quantize_int8(fp32: Path, path: Path) -> None:
+    """onnxruntime's dynamic quantization: int8 weights, activations quantized per batch (no calibration data),
+    after its recommended pre-processing (shape inference, graph optimization). The model's metadata stays."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+    except ImportError as err:
+        raise UserError(ONNX_EXTRA) from err
+
+    prepared = fp32.with_name("prepared.onnx")
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # onnxruntime's quantizer notes every tensor it leaves alone on the root logger
+    try:
+        quant_pre_process(fp32, prepared)
+        quantize_dynamic(prepared, path, weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
 def export(cfg: DictConfig) -> Path:
-    """Write ``cfg.ckpt_path`` as a standalone ``cfg.format`` file, then check it reproduces the checkpoint's logits."""
-    check({"format": cfg.format, "output": cfg.get("output")})
+    """Write ``cfg.ckpt_path`` as a standalone ``cfg.format`` file, then check it reproduces the checkpoint's logits
+    (``quantize=int8``: its predictions, on random images and on images the network is sure of)."""
+    check({"format": cfg.format, "output": cfg.get("output"), "quantize": cfg.get("quantize")})
+    quantize = cfg.get("quantize")
+    if quantize is not None and cfg.format != "onnx":
+        raise ConfigError(f"quantize={quantize} needs format=onnx (onnxruntime's dynamic quantization); "
+                          f"format={cfg.format} is written in float32")
     trained = load_trained_from_config(cfg)
-    path = Path(cfg.output) if cfg.get("output") else Path(cfg.output_dir) / f"model{EXPORT_FORMATS[cfg.format]}"
+    default_name = "model.int8" if quantize else "model"
+    path = Path(cfg.output) if cfg.get("output") else Path(cfg.output_dir) / f"{default_name}{EXPORT_FORMATS[cfg.format]}"
     if path.suffix != EXPORT_FORMATS[cfg.format]:
         raise ConfigError(f"output={cfg.output} must end in {EXPORT_FORMATS[cfg.format]} for format={cfg.format}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    model, meta = standalone(trained), metadata(trained)
-    example = torch.rand(8, *trained.info.image_shape, generator=torch.Generator().manual_seed(0))
+    model, meta = standalone(trained), metadata(trained, quantize)
+    example = torch.rand(256 if quantize else 8, *trained.info.image_shape, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        EXPORTERS[cfg.format](model, example, path, meta)
-        expected = trained.module((example - trained.info.mean) / trained.info.std)
-        difference = (run_exported(path, example) - expected).abs().max().item()
+        expected = model(example)
+        if quantize:
+            with tempfile.TemporaryDirectory() as folder:
+                fp32 = Path(folder) / "model.onnx"
+                EXPORTERS[cfg.format](model, example[:8], fp32, meta)
+                quantize_int8(fp32, path)
+                fp32_size = fp32.stat().st_size
+        else:
+            EXPORTERS[cfg.format](model, example[:8], path, meta)
+        outputs = run_exported(path, example)
     log.info("wrote %s (%.1f kB): %s -> %s, classes %s", path, path.stat().st_size / 1e3, meta["input"], meta["output"],
              " ".join(meta["class_names"]))
-    log.info("max |logit difference| from the checkpoint on 8 random images: %.2e", difference)
+    if quantize:
+        agree = float((outputs.argmax(1) == expected.argmax(1)).float().mean())
+        log.info("int8: %.1f kB instead of %.1f kB in float32; same class as the checkpoint on %.1f%% of %d random images "
+                 "(accuracy on real data: bench/int8.py)", path.stat().st_size / 1e3, fp32_size / 1e3, 100 * agree, len(example))
+    else:
+        log.info("max |logit difference| from the checkpoint on 8 random images: %.2e", (outputs - expected).abs().max().item())
     return path

@@ -1,4 +1,4 @@
-"""Pictures for people: a confusion matrix with class names, and grids of labelled images.
+"""Pictures for people: a confusion matrix with class names, grids of labelled images, a reliability diagram.
 
 Drawn with matplotlib's object API (no pyplot state, no GUI backend), so a callback can draw them in the
 middle of a run. TensorBoard (``add_figure``), ``eval.py``, ``predict.py`` and ``docs/make_figures.py``
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import textwrap
 from collections.abc import Sequence
+from typing import Protocol
 
 import matplotlib
 import torch
@@ -77,4 +78,36 @@ def image_grid_figure(images: torch.Tensor, titles: Sequence[str], columns: int 
     ax.axis("off")
     if title:
         ax.set_title(title, fontsize=10)
+    return fig
+
+
+class Bins(Protocol):
+    """Confidence bins as ``mlplab.calibration.ReliabilityBins`` holds them."""
+
+    edges: torch.Tensor
+    accuracy: torch.Tensor
+    count: torch.Tensor
+
+
+def reliability_figure(before: Bins, after: Bins, temperature: float, title: str = "") -> Figure:
+    """A reliability diagram: accuracy against confidence per bin, before
+    (T = 1) and after temperature scaling; on the diagonal a model is as right as it is sure. Below, how many
+    images each bin holds (log scale), since the few in low-confidence bins are noisy."""
+    fig = Figure(figsize=(5.2, 5.6), dpi=100, layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    centres = ((before.edges[:-1] + before.edges[1:]) / 2).numpy()
+    width = float(before.edges[1] - before.edges[0])
+    top.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfectly calibrated")
+    for bins, label, colour, shift in ((before, "T = 1 (raw)", "tab:orange", -0.25),
+                                       (after, f"T = {temperature:.3g} (scaled)", "tab:blue", 0.25)):
+        top.bar(centres + shift * width, bins.accuracy.numpy(), width=width / 2, color=colour, alpha=0.8, label=label)
+        bottom.bar(centres + shift * width, bins.count.numpy(), width=width / 2, color=colour, alpha=0.8)
+    top.set_ylabel("accuracy in bin")
+    top.set_ylim(0, 1)
+    top.legend(loc="upper left", fontsize=8)
+    bottom.set_yscale("log")
+    bottom.set_ylabel("images")
+    bottom.set_xlabel("confidence (top probability)")
+    bottom.set_xlim(0, 1)
+    top.set_title(title or "reliability diagram", fontsize=10)
     return fig

@@ -159,6 +159,7 @@ def fit_and_report(
         "epochs": trainer.current_epoch,
         "train_time_s": round(train_time, 3),
     } | (extra_metrics or {})
+    metrics |= {key: value for key, value in (val | test).items() if key not in metrics}  # callbacks' (val/temperature, test/ece)
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -168,6 +169,9 @@ def fit_and_report(
             metrics["val/acc"], metrics["val/loss"], metrics["test/acc"], metrics["test/loss"],
             metrics["epochs"], train_time,
         )
+        if "val/temperature" in metrics:
+            log.info("temperature %.3f (fitted on validation): test/ece %.4f -> %.4f", metrics["val/temperature"],
+                     metrics["test/ece"], metrics["test/ece_scaled"])
         log.info("run dir: %s", output_dir)
     return monitored_value(checkpoint, metrics | val)
 

@@ -205,6 +205,8 @@ RULES: dict[str, Rule] = {
     "callbacks.hparams.exclude": list_of(text, "a list of config keys"),
     "callbacks.error_analysis.splits": list_of(one_of(("val", "test")), "a list of val and/or test", 1),
     "callbacks.error_analysis.max_mistakes": non_negative_integer,
+    "callbacks.temperature_scaling.fit": boolean,
+    "callbacks.temperature_scaling.bins": count,
     "callbacks.training_samples.count": non_negative_integer,
     "callbacks.parameter_histograms.enabled": boolean,
     "callbacks.model_graph.enabled": boolean,
@@ -238,6 +240,8 @@ RULES: dict[str, Rule] = {
     "split": one_of(("test", "val")),
     "data_dir": path,
     "top_confused": non_negative_integer,
+    "ood": or_null(text, "for none (else fashion_mnist, kmnist, mnist or a folder of pictures)"),
+    "thresholds": list_of(fraction, "a list of probabilities in [0, 1)", 1),
     # predict.py
     "inputs": (lambda v: isinstance(v, str) and v != "" or list_of(path, "")[0](v) and len(v) > 0,
                "a picture, a folder, a pattern or a list of them"),
@@ -245,9 +249,11 @@ RULES: dict[str, Rule] = {
     "invert": one_of(("auto", True, False)),
     "fit": boolean,
     "box": or_null(integer(lambda v: 1 <= v <= 28, "an integer in [1, 28]"), "for the dataset's own"),
+    "reject_below": or_null(fraction, "to always answer"),
     # export.py
     "format": one_of(EXPORT_FORMATS),
     "output": optional_path,
+    "quantize": one_of((None, "int8")),
     # lr_find.py (the LR range test)
     "lr_find.min_lr": positive,
     "lr_find.max_lr": positive,
