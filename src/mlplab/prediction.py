@@ -87,6 +87,13 @@ def class_probabilities(trained: TrainedClassifier, pictures: torch.Tensor) -> t
     return (logits / trained.temperature).softmax(1)
 
 
+def unsure(probabilities: torch.Tensor, reject_below: float | None) -> torch.Tensor:
+    """True for each row [N, classes] whose top probability is below ``reject_below``: the model is "not sure",
+    and a caller shows that instead of a class. None: always sure."""
+    top = probabilities.max(1).values
+    return top < reject_below if reject_below is not None else torch.zeros_like(top, dtype=torch.bool)
+
+
 def write_submission(path: Path, labels: list[str]) -> None:
     """Kaggle's Digit Recognizer submission: ``ImageId`` (the test.csv row, from 1) and the predicted ``Label``."""
     with open(path, "w", newline="") as file:

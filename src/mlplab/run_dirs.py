@@ -13,6 +13,7 @@ Optuna study kept in that sweep dir.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
@@ -93,6 +94,22 @@ def resume_command(entry_point: str, overrides: list[str], checkpoint: str | Pat
     """The command that continues a run from ``checkpoint`` in its own run dir, ready to paste."""
     kept = [arg for arg in overrides if not arg.startswith(("ckpt_path=", "hydra.run.dir="))]
     return shlex.join(["python", entry_point, *kept, f"ckpt_path={checkpoint}", f"hydra.run.dir={run_dir}"])
+
+
+def run_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint that stands for a run dir: the one its ``metrics.json`` reports (``best_ckpt``, the best on
+    validation, the one tested), found in the dir's own ``checkpoints/`` so a moved run still works; else
+    ``checkpoints/last.ckpt`` (a run stopped before its end). None: no checkpoint there."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    metrics = Path(run_dir) / "metrics.json"
+    try:
+        best = json.loads(metrics.read_text()).get("best_ckpt") if metrics.is_file() else None
+    except (OSError, ValueError, AttributeError):  # a damaged metrics.json: fall back to last.ckpt
+        best = None
+    for candidate in ([checkpoints / Path(best).name] if isinstance(best, str) and best else []) + [checkpoints / "last.ckpt"]:
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def entry_point() -> str:
