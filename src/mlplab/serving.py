@@ -268,7 +268,7 @@ def serve(cfg: DictConfig) -> None:
     if cfg.top_k > len(trained.class_names):
         raise ConfigError(problem("top_k", cfg.top_k, f"at most {len(trained.class_names)} (the number of classes)"))
     classifier = PictureClassifier(trained, cfg.top_k, cfg.reject_below, cfg.invert, cfg.fit, cfg.box or info.box, cfg.max_pixels)
-    samples = SampleFolder(Path(cfg.save_dir).expanduser().resolve(), class_folders(trained.class_names))
+    samples = SampleFolder(Path(cfg.save_dir).expanduser(), class_folders(trained.class_names))  # as typed: relative stays so
     finetune = finetune_command(ckpt, samples.root)
     sock = bound_socket(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]

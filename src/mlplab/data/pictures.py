@@ -59,7 +59,8 @@ def read_grayscale(path: Path | BinaryIO, name: str | None = None, max_pixels: i
         raise DataError(f"{name} is refused: {' '.join(str(err).split())} (PIL's limit, Image.MAX_IMAGE_PIXELS); "
                         "shrink the picture first") from err
     except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"{name} is not a readable image ({' '.join(str(err).split())})") from err
+        reason = str(err) if isinstance(path, str | Path) else str(err).replace(repr(path), "")  # no <BytesIO at 0x..>
+        raise DataError(f"{name} is not a readable image ({' '.join(reason.split())})") from err
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         alpha = image.convert("RGBA").getchannel("A")
         if alpha.getextrema()[0] < 255:

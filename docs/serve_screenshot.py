@@ -1,0 +1,44 @@
+"""The README's picture of serve.py's page: a digit drawn with the mouse in headless Chromium, and the page's answer.
+
+    python serve.py ckpt_path=<run dir> port=8765 &
+    python docs/serve_screenshot.py http://127.0.0.1:8765 docs/figures/serve.png
+
+Needs playwright (in .[dev]) and a Chromium (`apt-get install chromium`; another: --chromium <path>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+
+from playwright.sync_api import sync_playwright
+
+FOUR = [[(0.36, 0.16), (0.24, 0.56), (0.74, 0.56)], [(0.60, 0.24), (0.58, 0.86)]]  # strokes, in canvas fractions
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("url")
+    parser.add_argument("output")
+    parser.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"))
+    args = parser.parse_args()
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=args.chromium, headless=True)
+        page = browser.new_page(viewport={"width": 760, "height": 560}, device_scale_factor=1)
+        page.goto(args.url)
+        page.wait_for_function("document.querySelectorAll('#label option').length > 0")
+        box = page.locator("#canvas").bounding_box()
+        for stroke in FOUR:
+            page.mouse.move(box["x"] + stroke[0][0] * box["width"], box["y"] + stroke[0][1] * box["height"])
+            page.mouse.down()
+            for x, y in stroke[1:]:
+                page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=12)
+            page.mouse.up()
+        page.wait_for_function("window.answered === 2")  # the answer to the whole drawing (one per stroke)
+        page.screenshot(path=args.output, full_page=True)
+        print(args.output, page.locator("#top").inner_text().replace("\n", " "))
+        browser.close()
+
+
+if __name__ == "__main__":
+    main()
