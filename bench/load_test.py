@@ -72,6 +72,20 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def start_server(ckpt_path: str, *overrides: str, cwd: Path = ROOT) -> tuple[subprocess.Popen, int]:
+    """``python serve.py ckpt_path=... <overrides>`` on a free port, once it answers: (the process, its port)."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), f"ckpt_path={ckpt_path}", f"port={port}", *overrides],
+                              cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in server.stdout:
+        if f"127.0.0.1:{port}" in line:
+            break
+    else:
+        raise SystemExit(f"serve.py did not start (exit status {server.wait()})")
+    threading.Thread(target=server.stdout.read, daemon=True).start()  # keep its pipe drained
+    return server, port
+
+
 class Worker(threading.local):
     """One keep-alive connection per thread, reopened when the server closes it (as it does after a 413)."""
 
@@ -105,16 +119,7 @@ def main() -> None:
     args = parser.parse_args()
 
     pictures, labels = drawings(500)
-    port = free_port()
-    server = subprocess.Popen([sys.executable, str(ROOT / "serve.py"), f"ckpt_path={args.ckpt_path}", f"port={port}"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in server.stdout:
-        if f"127.0.0.1:{port}" in line:
-            break
-    else:
-        raise SystemExit(f"serve.py did not start (exit status {server.wait()})")
-    threading.Thread(target=server.stdout.read, daemon=True).start()  # keep its pipe drained
-
+    server, port = start_server(args.ckpt_path)
     worker = Worker(port)
     plan = [("bad", *BAD[(i // args.bad_every) % len(BAD)]) if args.bad_every and i % args.bad_every == args.bad_every - 1
             else ("good", i % len(pictures), pictures[i % len(pictures)], "image/png") for i in range(args.requests)]
@@ -134,7 +139,9 @@ def main() -> None:
     failures = [f"{what}: HTTP {status}" for kind, what, status, _, _ in good if status != 200]
     failures += [f"{what}: HTTP {status} {reply[:80]!r}" for kind, what, status, reply, _ in bad
                  if not (400 <= status < 500 and "\n" not in json.loads(reply)["detail"])]
-    correct = sum(json.loads(reply)["top"][0][0] == str(labels[what]) for _, what, status, reply, _ in good if status == 200)
+    answers = [(json.loads(reply), labels[what]) for _, what, status, reply, _ in good if status == 200]
+    correct = sum(answer["top"][0][0] == str(label) for answer, label in answers)
+    unsure = sum(answer["not_sure"] for answer, _ in answers)
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     connection.request("GET", "/info")
     alive = connection.getresponse().status == 200
@@ -149,7 +156,7 @@ def main() -> None:
           f"{len(results) / wall:.0f} requests/s over {wall:.1f} s")
     print(f"good: {latency(good)}; malformed: {latency(bad)} "
           f"(statuses {sorted({r[2] for r in bad})})")
-    print(f"top-1 on the drawn test digits: {correct}/{len(good)}; server answering afterwards: {alive}; "
+    print(f"top-1 on the drawn test digits: {correct}/{len(good)}, \"not sure\" {unsure}; server answering afterwards: {alive}; "
           f"exit status after Ctrl-C: {stopped}")
     if failures or not alive:
         raise SystemExit(f"{len(failures)} wrong answers, e.g. {failures[:3]}")

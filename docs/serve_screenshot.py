@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import sys
+from pathlib import Path
 
 from playwright.sync_api import sync_playwright
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_serve import draw  # noqa: E402  (the browser test's mouse strokes: one way to draw on the page)
 
 FOUR = [[(0.36, 0.16), (0.24, 0.56), (0.74, 0.56)], [(0.60, 0.24), (0.58, 0.86)]]  # strokes, in canvas fractions
 
@@ -27,13 +32,7 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 760, "height": 560}, device_scale_factor=1)
         page.goto(args.url)
         page.wait_for_function("document.querySelectorAll('#label option').length > 0")
-        box = page.locator("#canvas").bounding_box()
-        for stroke in FOUR:
-            page.mouse.move(box["x"] + stroke[0][0] * box["width"], box["y"] + stroke[0][1] * box["height"])
-            page.mouse.down()
-            for x, y in stroke[1:]:
-                page.mouse.move(box["x"] + x * box["width"], box["y"] + y * box["height"], steps=12)
-            page.mouse.up()
+        draw(page, FOUR)
         page.wait_for_function("window.answered === 2")  # the answer to the whole drawing (one per stroke)
         page.screenshot(path=args.output, full_page=True)
         print(args.output, page.locator("#top").inner_text().replace("\n", " "))

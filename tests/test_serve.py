@@ -8,6 +8,7 @@ import base64
 import io
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -33,7 +34,8 @@ from mlplab.data.pictures import prepare_picture
 from mlplab.finetune import finetune
 from mlplab.pipeline import train
 from mlplab.prediction import class_probabilities
-from mlplab.serving import PictureClassifier, SampleFolder, bound_socket, build_app, class_folders
+from mlplab.run_dirs import run_checkpoint
+from mlplab.serving import PictureClassifier, SampleFolder, bound_socket, build_app, class_folders, finetune_command
 
 MNIST_NAMES = tuple(str(d) for d in range(10))
 
@@ -180,13 +182,14 @@ def test_a_saved_picture_lands_where_image_folder_and_finetune_read_it(serve_app
     data = ImageFolderDataModule(root=str(save_dir), cache_dir=str(tmp_path / "cache"), val_size=2).data
     assert data.class_names == MNIST_NAMES and len(data.labels) == 20
 
-    # the fine-tuning command the page shows, on these 20 pictures (1 epoch here)
+    # the fine-tuning command the page shows, on these 20 pictures (2 epochs here): its model is its last epoch
+    command = shlex.split(finetune_command(tiny_run / "checkpoints" / "last.ckpt", save_dir))
+    assert command[:2] == ["python", "finetune.py"]
     run_dir = tmp_path / "finetuned"
-    finetune(compose_config("finetune", ["debug=fast", f"pretrained={tiny_run / 'checkpoints' / 'last.ckpt'}",
-                                         "data=image_folder", f"data.root={save_dir}", "data.val_size=2",
-                                         "data.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}",
-                                         "callbacks.early_stopping=null", "trainer.max_epochs=1"], run_dir))
-    assert "test/acc" in json.loads((run_dir / "metrics.json").read_text())
+    finetune(compose_config("finetune", ["debug=fast", *command[2:], f"data.cache_dir={tmp_path / 'cache'}",
+                                         "trainer.max_epochs=2"], run_dir))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert run_checkpoint(run_dir) == Path(metrics["best_ckpt"]) == run_dir / "checkpoints" / "last.ckpt"
 
 
 def test_class_folders_sort_in_label_order_and_are_file_names():
@@ -280,7 +283,7 @@ def browser():
 
 
 def draw(page, strokes: list[list[tuple[float, float]]]) -> None:
-    """Mouse strokes on the canvas, in fractions of its size."""
+    """Mouse strokes on the canvas, in fractions of its size (docs/serve_screenshot.py draws the README's with it)."""
     box = page.locator("#canvas").bounding_box()
     for stroke in strokes:
         page.mouse.move(box["x"] + stroke[0][0] * box["width"], box["y"] + stroke[0][1] * box["height"])

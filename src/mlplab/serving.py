@@ -296,6 +296,10 @@ def serve(cfg: DictConfig) -> None:
 
 
 def finetune_command(ckpt: Path, save_dir: Path) -> str:
-    """Fine-tuning on the saved pictures, sized for a few dozen (README: "Draw, save, fine-tune")."""
-    return (f"python finetune.py pretrained={ckpt} data=image_folder data.root={save_dir} data.val_size=2 "
-            "data.batch_size=8 trainer.max_epochs=30 callbacks.early_stopping=null")
+    """Fine-tuning on the saved pictures, for a few dozen (docs/benchmarks.md, "Fine-tuning on saved digits"): only
+    the head learns (a few pictures would pull the hidden layers away from what MNIST taught them), and the last
+    epoch is the model, since two validation pictures cannot choose an epoch (without model_checkpoint, the
+    run's best_ckpt is last.ckpt, which serve.py then takes from the run dir)."""
+    return (f"python finetune.py pretrained={ckpt} data=image_folder data.root={save_dir} finetune.freeze=backbone "
+            "data.val_size=2 data.batch_size=8 trainer.max_epochs=30 callbacks.early_stopping=null "
+            "callbacks.model_checkpoint=null")
