@@ -22,7 +22,7 @@ ENTRY_POINTS = {
              + [["hparams_search=mlp_optuna", f"hydra/sweeper/pruner={pruner}"] for pruner in PRUNERS]
              + [["hparams_search=mlp_optuna", f"hydra/sweeper/sampler={sampler}"] for sampler in SAMPLERS]
              + [["debug=fast"], ["data=fashion_mnist"], ["data=kmnist"], ["data=image_folder", "data.root=x"], ["data=csv", "data.path=x"]],
-    "finetune": [[]], "eval": [[], ["data=mnist"]], "predict": [[]], "export": [[]], "lr_find": [[]],
+    "finetune": [[]], "eval": [[], ["data=mnist"]], "predict": [[]], "export": [[]], "lr_find": [[]], "serve": [[]],
 }
 
 

@@ -35,7 +35,9 @@ from mlplab.choices import DATASETS
 from mlplab.data.idx import raw_folder, read_header
 from mlplab.errors import ConfigError, DataError, exit_with, reported_as_one_line
 from mlplab.rules import REQUIRED, problem, problems, range_problems, relation_problems, split_problems
-from mlplab.run_dirs import refuse_used_dir
+from mlplab.run_dirs import refuse_used_dir, run_checkpoint
+
+RUN_DIR_TASKS = ("serve",)  # entry points whose ckpt_path may name a run dir: its run_checkpoint
 
 
 def validate(cfg: DictConfig) -> None:
@@ -120,7 +122,11 @@ def violations(cfg: DictConfig) -> list[str]:
     found += [problem(key, "???", f"given: {needed}") for key, needed in REQUIRED.items() if is_missing(cfg, key)]
     ckpt_path = values.get("ckpt_path")
     if isinstance(ckpt_path, str) and ckpt_path and not Path(ckpt_path).is_file():
-        found.append(problem("ckpt_path", ckpt_path, "an existing checkpoint file (e.g. <run>/checkpoints/last.ckpt)"))
+        if values.get("task_name") not in RUN_DIR_TASKS:
+            found.append(problem("ckpt_path", ckpt_path, "an existing checkpoint file (e.g. <run>/checkpoints/last.ckpt)"))
+        elif run_checkpoint(ckpt_path) is None:
+            found.append(problem("ckpt_path", ckpt_path, "an existing checkpoint file or a run dir holding one "
+                                                         "(e.g. logs/train/runs/<run>)"))
     return list(dict.fromkeys(found))
 
 

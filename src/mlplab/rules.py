@@ -249,7 +249,13 @@ RULES: dict[str, Rule] = {
     "invert": one_of(("auto", True, False)),
     "fit": boolean,
     "box": or_null(integer(lambda v: 1 <= v <= 28, "an integer in [1, 28]"), "for the dataset's own"),
+    # serve.py (predict.py's top_k, invert, fit, box too)
+    "host": text,
+    "port": integer(lambda v: 0 <= v <= 65535, "a port number in [0, 65535] (0: any free port)"),
     "reject_below": or_null(fraction, "to always answer"),
+    "save_dir": path,
+    "max_upload_bytes": integer(lambda v: v >= 1024, "a number of bytes >= 1024"),
+    "max_pixels": integer(lambda v: v >= 28 * 28, "a number of pixels >= 784"),
     # export.py
     "format": one_of(EXPORT_FORMATS),
     "output": optional_path,

@@ -13,6 +13,7 @@ Optuna study kept in that sweep dir.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shlex
@@ -99,6 +100,22 @@ def entry_script() -> Path:
     """The script this process runs (``train.py``): with :func:`typed_arguments`, the one place the package reads the
     command line."""
     return Path(sys.argv[0]).resolve()
+
+
+def run_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint that stands for a run dir: the one its ``metrics.json`` reports (``best_ckpt``, the best on
+    validation, the one tested), found in the dir's own ``checkpoints/`` so a moved run still works; else
+    ``checkpoints/last.ckpt`` (a run stopped before its end). None: no checkpoint there."""
+    checkpoints = Path(run_dir) / "checkpoints"
+    metrics = Path(run_dir) / "metrics.json"
+    try:
+        best = json.loads(metrics.read_text()).get("best_ckpt") if metrics.is_file() else None
+    except (OSError, ValueError, AttributeError):  # a damaged metrics.json: fall back to last.ckpt
+        best = None
+    for candidate in ([checkpoints / Path(best).name] if isinstance(best, str) and best else []) + [checkpoints / "last.ckpt"]:
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def entry_point() -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -43,16 +44,23 @@ def find_images(inputs: str | Sequence[str]) -> list[Path]:
     return found
 
 
-def read_grayscale(path: Path) -> torch.Tensor:
-    """``[H, W]`` float in [0, 1]. On a transparent background the opacity is the ink (light on dark)."""
+def read_grayscale(path: Path | BinaryIO, name: str | None = None, max_pixels: int | None = None) -> torch.Tensor:
+    """``[H, W]`` float in [0, 1]. On a transparent background the opacity is the ink (light on dark).
+    ``path``: a file, or the bytes of an upload as a stream, called ``name`` in messages. ``max_pixels``: refuse
+    bigger pictures from their header, before decoding them (a server's limit, far below PIL's own)."""
+    name = name or str(path)
     try:
         with Image.open(path) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise DataError(f"{name} is refused: {image.width}x{image.height} pixels is more than the "
+                                f"{max_pixels} allowed; shrink the picture first")
             image.load()
     except Image.DecompressionBombError as err:  # PIL's guard against pictures that decode to gigabytes: kept
-        raise DataError(f"{path} is refused: {' '.join(str(err).split())} (PIL's limit, Image.MAX_IMAGE_PIXELS); "
+        raise DataError(f"{name} is refused: {' '.join(str(err).split())} (PIL's limit, Image.MAX_IMAGE_PIXELS); "
                         "shrink the picture first") from err
     except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"{path} is not a readable image ({' '.join(str(err).split())})") from err
+        reason = str(err) if isinstance(path, str | Path) else str(err).replace(repr(path), "")  # no <BytesIO at 0x..>
+        raise DataError(f"{name} is not a readable image ({' '.join(reason.split())})") from err
     if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         alpha = image.convert("RGBA").getchannel("A")
         if alpha.getextrema()[0] < 255:
