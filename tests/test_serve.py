@@ -258,7 +258,7 @@ def test_a_busy_port_and_bad_values_get_one_line(server, tiny_run, tmp_path):
     output = bad.stdout + bad.stderr
     assert bad.returncode == 1 and "Traceback" not in output
     assert "port=70000 must be a port number in [0, 65535]" in output
-    assert "reject_below=2 must be a probability in [0, 1]" in output
+    assert "reject_below=2 must be a number in [0, 1)" in output
     assert "must be an existing checkpoint file or a run dir holding one" in output
 
 
