@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import compose_config, run_script
+from conftest import ROOT, compose_config, run_script
 from mlplab.data.datamodule import MNISTDataModule, load_split, split_folds
 from mlplab.errors import ConfigError
 from mlplab.search.sweeps import SweepSummary, available_cores, job_threads
@@ -82,6 +87,37 @@ def test_failed_jobs_are_recorded_the_others_complete_and_the_exit_status_says_s
         assert row["val/acc"] == "" and not (sweep_dir / row["job"] / "metrics.json").exists()
     assert len(job_files(sweep_dir, "metrics.json")) == 2
     assert "failed: training diverged" in (sweep_dir / "summary.md").read_text()
+
+
+# --- an interrupted grid continues: the same command in the same sweep dir skips the jobs that finished ---------
+
+
+def test_a_killed_grid_sweep_continues_and_skips_its_finished_jobs(data_dir, tmp_path):
+    args = ["-m", "debug=fast", "optimizer.lr=1e-3,2e-3,3e-3", f"hydra.sweep.dir={tmp_path}"]
+    env = os.environ | {"DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"}
+    killed = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "1" / ".hydra").is_dir() and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    first = json.loads((tmp_path / "0" / "job.json").read_text())
+    assert first["status"] == "ok" and not (tmp_path / "2").exists()  # job 0 done, job 1 cut off, job 2 never started
+    metrics_time = (tmp_path / "0" / "metrics.json").stat().st_mtime_ns
+
+    result = run_script("train.py", *args, data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "job 0 finished in an earlier command (job.json: ok): skipped" in result.stdout + result.stderr
+    assert (tmp_path / "0" / "metrics.json").stat().st_mtime_ns == metrics_time  # not trained again
+    assert json.loads((tmp_path / "0" / "job.json").read_text()) == first
+    rows = read_csv(tmp_path / "summary.csv")
+    assert sorted(r["optimizer.lr"] for r in rows) == ["0.001", "0.002", "0.003"] and all(r["status"] == "ok" for r in rows)
+
+    other = run_script("train.py", "-m", "debug=fast", "optimizer.lr=1e-3,5e-3", f"hydra.sweep.dir={tmp_path}", data_dir=data_dir)
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert (f"hydra.sweep.dir={tmp_path} holds a sweep with other overrides; to continue it, repeat them: "
+            f"python train.py -m debug=fast optimizer.lr=1e-3,2e-3,3e-3 hydra.sweep.dir={tmp_path}") in other.stdout + other.stderr
 
 
 # --- k-fold cross-validation ---------------------------------------------------------------------------------

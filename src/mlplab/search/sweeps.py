@@ -7,7 +7,9 @@ Two pieces, each a mechanism Hydra provides:
 job an Optuna pruner stopped (``TrialPruned``) is ``pruned``, not failed. Hydra's launchers catch a job's
 exception, but the sweepers then read ``return_value``, which re-raises it and abandons the jobs still to run;
 so the wrapper logs the failure (traceback in the job's log), records it and returns NaN, and the sweeper goes
-on. ``HYDRA_FULL_ERROR=1`` re-raises instead, to stop at the first failure.
+on. ``HYDRA_FULL_ERROR=1`` re-raises instead, to stop at the first failure. The same command again in the same
+sweep dir continues the sweep: a job whose ``job.json`` says it finished with these overrides is skipped (its
+recorded value returned), one a kill interrupted resumes from its ``last.ckpt``, the others run.
 
 ``SweepSummary`` is a Hydra callback (``hydra.callbacks`` in conf/train.yaml): ``on_multirun_end`` reads every
 job's overrides, ``job.json`` and ``metrics.json``, writes ``summary.csv`` and ``summary.md`` (plus
@@ -36,10 +38,11 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 from mlplab.config import available_cores
 from mlplab.errors import ConfigError, user_error_in
+from mlplab.run_dirs import continue_sweep_command, entry_point
 from mlplab.run_record import read_tracker_runs
 
 log = logging.getLogger(__name__)
@@ -117,9 +120,20 @@ def recorded_sweep_job(task: Callable[[DictConfig], float]) -> Callable[[DictCon
             torch.set_num_threads(threads)
         if not multirun:
             return task(cfg)
+        output_dir = Path(hydra_cfg.runtime.output_dir)
+        overrides = list(hydra_cfg.overrides.task)
+        earlier = finished_job(output_dir, overrides)
+        if earlier is not None:
+            log.info("job %s finished in an earlier command (%s: %s): skipped", hydra_cfg.job.num, JOB_RECORD, earlier["status"])
+            return math.nan if earlier.get("value") is None or earlier["status"] != "ok" else float(earlier["value"])
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if last.is_file() and not cfg.get("ckpt_path"):  # a kill interrupted this job: it continues where it stopped
+            log.info("job %s continues from %s", hydra_cfg.job.num, last)
+            with open_dict(cfg):
+                cfg.ckpt_path = str(last)
         monitor, mode = monitored_metric(cfg)
         record: dict[str, Any] = {"status": "interrupted", "monitor": monitor, "mode": mode, "value": None,
-                                  "error": None, "threads": torch.get_num_threads()}
+                                  "error": None, "threads": torch.get_num_threads(), "overrides": overrides}
         start = time.perf_counter()
         try:
             value = float(task(cfg))
@@ -139,12 +153,20 @@ def recorded_sweep_job(task: Callable[[DictConfig], float]) -> Callable[[DictCon
                 raise
         finally:
             record["wall_time_s"] = round(time.perf_counter() - start, 3)
-            output_dir = Path(hydra_cfg.runtime.output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
             (output_dir / JOB_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         return value
 
     return job
+
+
+def finished_job(job_dir: Path, overrides: list[str]) -> dict[str, Any] | None:
+    """The record of a job that already finished in ``job_dir`` (ok, or pruned by a search) with these overrides."""
+    try:
+        record = json.loads((job_dir / JOB_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("status") in ("ok", "pruned") and record.get("overrides") == overrides else None
 
 
 @dataclass
@@ -401,6 +423,8 @@ class SweepSummary(Callback):
         except ConfigError as err:
             log.error("error: %s", err)
             raise SystemExit(1) from err
+        log.info("if this sweep stops, continue it (finished jobs are skipped): %s", continue_sweep_command(
+            entry_point(), list(config.hydra.overrides.task), config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
