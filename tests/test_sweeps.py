@@ -173,13 +173,63 @@ def test_cross_validation_with_the_joblib_launcher_aggregates_folds(data_dir, tm
     assert len(records) == 3 and all(r["status"] == "ok" for r in records.values())
     assert {r["threads"] for r in records.values()} == {max(1, available_cores() // 2)}
     metrics = list(job_files(tmp_path, "metrics.json").values())
-    [row] = read_csv(tmp_path / "summary_folds.csv")
-    assert (row["folds_ok"], row["folds"]) == ("3", "3")
+    [row] = read_csv(tmp_path / "summary_replicates.csv")
+    assert (row["ok"], row["replicates"]) == ("3", "3")
     for name in ("val/acc", "test/acc", "val/loss"):
         values = [m[name] for m in metrics]
         assert float(row[f"{name} mean"]) == pytest.approx(statistics.fmean(values), abs=1e-12)
         assert float(row[f"{name} std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
-    assert "## Cross-validation" in (tmp_path / "summary.md").read_text()
+    assert "## Replicates: mean ± std (sample, n-1) over data.fold" in (tmp_path / "summary.md").read_text()
+
+
+# --- replicates: jobs that differ only in seed (or fold) are one configuration, compared by a significance test ---
+
+
+def finished_job(sweep_dir: Path, number: int, overrides: list[str], val_acc: float) -> None:
+    """A job dir as a finished sweep job leaves it: Hydra's overrides.yaml, job.json, metrics.json."""
+    job_dir = sweep_dir / str(number)
+    (job_dir / ".hydra").mkdir(parents=True)
+    (job_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job_dir / "job.json").write_text(json.dumps({"status": "ok", "monitor": "val/acc", "mode": "max", "value": val_acc}))
+    (job_dir / "metrics.json").write_text(json.dumps({"val/acc": val_acc, "test/acc": val_acc - 0.001, "val/loss": 0.1,
+                                                      "test/loss": 0.1, "train_time_s": 10.0 + number, "epochs": 3}))
+
+
+def test_replicates_are_averaged_and_each_configuration_is_tested_against_the_best(tmp_path):
+    from scipy import stats
+
+    accs = {"0": [0.990, 0.991, 0.992], "0.2": [0.985, 0.987, 0.986], "0.1": [0.9895, 0.9915, 0.9905]}
+    number = 0
+    for dropout, values in accs.items():
+        for seed, value in enumerate(values):
+            finished_job(tmp_path, number, [f"model.dropout={dropout}", f"seed={seed}"], value)
+            number += 1
+    finished_job(tmp_path, number, ["model.dropout=0.3", "seed=0"], 0.980)  # one replicate: no test possible
+    SweepSummary(replicate_keys=["seed", "data.fold"]).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    rows = read_csv(tmp_path / "summary_replicates.csv")
+    assert [r["model.dropout"] for r in rows] == ["0", "0.1", "0.2", "0.3"]  # best first by mean val/acc
+    assert [r["replicates"] for r in rows] == ["3", "3", "3", "1"]
+    assert float(rows[0]["val/acc mean"]) == pytest.approx(0.991) and float(rows[0]["val/acc std"]) == pytest.approx(0.001)
+    assert float(rows[0]["train_time_s mean"]) == pytest.approx(11.0)
+    assert rows[1]["test_vs_best"] == "paired t"  # same seeds: paired
+    assert float(rows[1]["p_vs_best"]) == pytest.approx(stats.ttest_rel(accs["0"], accs["0.1"]).pvalue)
+    assert float(rows[2]["p_vs_best"]) == pytest.approx(stats.ttest_rel(accs["0"], accs["0.2"]).pvalue)
+    assert float(rows[2]["p_vs_best"]) < 0.05 < float(rows[1]["p_vs_best"])  # 0.5 points apart is real; 0.05 is not
+    assert rows[3]["test_vs_best"] == "" and rows[3]["p_vs_best"] == ""
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "## Replicates: mean ± std (sample, n-1) over seed, best first by val/acc" in markdown
+    assert "| 0 | 3/3 | 0.9910 ± 0.0010 |" in markdown and "Best configuration: model.dropout=0." in markdown
+
+
+def test_replicates_without_shared_seeds_use_welchs_test(tmp_path):
+    from scipy import stats
+
+    for number, (dropout, seed, value) in enumerate([(0, 0, 0.99), (0, 1, 0.992), (0.2, 2, 0.985), (0.2, 3, 0.984), (0.2, 4, 0.987)]):
+        finished_job(tmp_path, number, [f"model.dropout={dropout}", f"seed={seed}"], value)
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    best, other = read_csv(tmp_path / "summary_replicates.csv")
+    assert other["test_vs_best"] == "Welch t"
+    assert float(other["p_vs_best"]) == pytest.approx(stats.ttest_ind([0.99, 0.992], [0.985, 0.984, 0.987], equal_var=False).pvalue)
 
 
 # --- Optuna and submitit --------------------------------------------------------------------------------------
