@@ -160,6 +160,7 @@ def fit_and_report(
         "best_ckpt": best,
         "epochs": trainer.current_epoch,
         "train_time_s": round(train_time, 3),
+        "parameters": sum(p.numel() for p in module.parameters()),
     } | (extra_metrics or {})
     if trainer.is_global_zero:
         output_dir.mkdir(parents=True, exist_ok=True)

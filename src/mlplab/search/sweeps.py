@@ -40,6 +40,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
 
+from mlplab.choices import OBJECTIVES
 from mlplab.config import available_cores
 from mlplab.errors import ConfigError, user_error_in
 from mlplab.run_dirs import continue_sweep_command, entry_point
@@ -91,14 +92,20 @@ def job_threads(cfg: DictConfig, launcher: DictConfig | None) -> int | None:
 
 
 def check_direction(sweeper: DictConfig, monitor: str, mode: str) -> None:
-    """An optimizing sweeper must push the monitored metric the way the checkpoint callback ranks it."""
+    """An optimizing sweeper must push each objective the way it is better: the monitored metric the way the
+    checkpoint callback ranks it, the others as ``mlplab.choices.OBJECTIVES`` says (time and size: minimize)."""
     direction = sweeper.get("direction")
-    expected = {"max": "maximize", "min": "minimize"}[mode]
-    if isinstance(direction, str) and direction != expected:
-        raise ConfigError(
-            f"hydra.sweeper.direction={direction} but the objective, {monitor}, is best at its {mode} "
-            f"(callbacks.model_checkpoint.mode); set hydra.sweeper.direction={expected}"
-        )
+    if direction is None:
+        return  # the basic sweeper: no direction
+    directions = [direction] if isinstance(direction, str) else list(direction)
+    objectives = list(sweeper.get("objectives") or [monitor])
+    for name, given in zip(objectives, directions, strict=False):
+        expected = {"max": "maximize", "min": "minimize"}[mode] if name == monitor else OBJECTIVES.get(name)
+        if expected is not None and given != expected:
+            what = f"{monitor}, is best at its {mode} (callbacks.model_checkpoint.mode)" if name == monitor else f"{name}, is better {expected}d"
+            shown_direction = given if len(directions) == 1 else "[" + ",".join(directions) + "]"
+            raise ConfigError(f"hydra.sweeper.direction={shown_direction} but the objective, {what}; set "
+                              f"hydra.sweeper.direction={expected}" + (f" for {name}" if len(directions) > 1 else ""))
 
 
 def one_line(err: BaseException) -> str:
