@@ -76,11 +76,11 @@ def refuse_used_dir(config: DictConfig, key: str) -> None:
     if key == "hydra.sweep.dir" and continues_search(config, directory):
         return  # an Optuna study kept in this sweep dir: new trials get job dirs of their own (their trial numbers)
     earlier = sweep_overrides(directory) if key == "hydra.sweep.dir" else None
-    if earlier is not None and earlier == list(OmegaConf.select(config, "hydra.overrides.task", default=[])):
+    if earlier is not None and earlier[1] == list(OmegaConf.select(config, "hydra.overrides.task", default=[])):
         return  # the same sweep again: it continues, finished jobs are skipped
     if earlier is not None:
         raise ConfigError(f"{key}={directory} holds a sweep with other overrides; to continue it, repeat them: "
-                          f"{continue_sweep_command(entry_point(), earlier, directory)}")
+                          f"{continue_sweep_command(entry_point(), *earlier, directory)}")
     resume = f", or to resume that run: ckpt_path={directory}/checkpoints/last.ckpt {key}={directory}" if key == "hydra.run.dir" else ""
     raise ConfigError(f"{key}={directory} already holds another run ({', '.join(found)}); leave {key} out for a new "
                       f"directory of its own{resume}")
@@ -97,19 +97,21 @@ def continues_search(config: DictConfig, directory: Path) -> bool:
     return study_file.is_file() and directory.resolve() in study_file.resolve().parents
 
 
-def sweep_overrides(directory: Path) -> list[str] | None:
-    """The overrides of the sweep whose ``multirun.yaml`` (Hydra writes it when a multirun starts) is in
-    ``directory``; None when there is none."""
+def sweep_overrides(directory: Path) -> tuple[list[str], list[str]] | None:
+    """(Hydra's overrides, the task's overrides) of the sweep whose ``multirun.yaml`` (Hydra writes it when a
+    multirun starts) is in ``directory``; None when there is none."""
     try:
-        saved = yaml.safe_load((directory / "multirun.yaml").read_text())
-        return list(saved["hydra"]["overrides"]["task"])
+        overrides = yaml.safe_load((directory / "multirun.yaml").read_text())["hydra"]["overrides"]
+        return list(overrides["hydra"]), list(overrides["task"])
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return None
 
 
-def continue_sweep_command(entry_point: str, overrides: list[str], sweep_dir: str | Path) -> str:
-    """The command that continues a sweep in its own dir: its jobs that finished are skipped, the others run."""
-    return shlex.join(["python", entry_point, "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"])
+def continue_sweep_command(entry_point: str, hydra_overrides: list[str], overrides: list[str], sweep_dir: str | Path) -> str:
+    """The command that continues a sweep in its own dir (its launcher and sweeper settings, its overrides):
+    its jobs that finished are skipped, the others run."""
+    settings = [o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]  # -m says the mode
+    return shlex.join(["python", entry_point, "-m", *settings, *overrides, f"hydra.sweep.dir={sweep_dir}"])
 
 
 def resume_command(entry_point: str, overrides: list[str], checkpoint: str | Path, run_dir: str | Path) -> str:

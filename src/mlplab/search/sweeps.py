@@ -483,7 +483,7 @@ class SweepSummary(Callback):
             log.error("error: %s", err)
             raise SystemExit(1) from err
         log.info("if this sweep stops, continue it (finished jobs are skipped): %s", continue_sweep_command(
-            entry_point(), list(config.hydra.overrides.task), config.hydra.sweep.dir))
+            entry_point(), list(config.hydra.overrides.hydra), list(config.hydra.overrides.task), config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
