@@ -182,7 +182,7 @@ def test_existing_and_added_keys_compose(capsys):
         (["hparams_search=mlp_optuna", "hydra/sweeper/pruner=medain"],
          "hydra/sweeper/pruner=medain is not an option; choose one of hyperband, median, none, successive_halving"),
         (["hparams_search=mlp_optuna", "hydra.sweeper.n_trial=3"], "hydra.sweeper.n_trial is not a setting: hydra.sweeper "
-         "has _target_, sampler, pruner, direction, study_name, storage, n_trials, n_jobs, params, importance_min_trials, "
+         "has _target_, sampler, pruner, direction, objectives, replicates, study_name, storage, n_trials, n_jobs, params, importance_min_trials, "
          "trial; did you mean hydra.sweeper.n_trials?"),
         (["hparams_search=mlp_optuna", "hydra.sweeper.sampler.seed=abc"],
          "hydra.sweeper.sampler.seed=abc: Value 'abc' of type 'str' could not be converted to Integer"),

@@ -9,12 +9,14 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from optuna.trial import TrialState
 
@@ -287,3 +289,95 @@ def test_a_pruner_named_in_short_is_the_one_its_config_group_builds(name):
     cfg = compose_config("train", ["hparams_search=mlp_optuna", f"hydra/sweeper/pruner={name}"], with_hydra=True)
     from_group, from_name = instantiate(cfg.hydra.sweeper.pruner), build_pruner(name)
     assert type(from_group) is type(from_name) and vars(from_group) == vars(from_name)
+
+
+# --- several objectives: the Pareto front of accuracy against size --------------------------------------------
+
+
+def test_a_search_with_two_objectives_ends_with_its_pareto_front(data_dir, tmp_path):
+    result = sweep(tmp_path, *SEARCH, "model.hidden_dims=choice([8],[16],[64])", "hydra.sweeper.n_trials=4",
+                   "hydra.sweeper.direction=[maximize,minimize]", "hydra.sweeper.objectives=[val/acc,parameters]",
+                   data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = load(tmp_path / "optuna.journal")
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MINIMIZE"]
+    metrics = job_files(tmp_path, "metrics.json")
+    for trial in study.trials:  # each objective read from the job's metrics.json
+        assert trial.values == [metrics[str(trial.number)]["val/acc"], metrics[str(trial.number)]["parameters"]]
+    front = {t.number for t in study.best_trials}
+    for trial in study.trials:  # on the front exactly when no other trial is at least as good on both and better on one
+        beaten = any(o.values[0] >= trial.values[0] and o.values[1] <= trial.values[1] and o.values != trial.values
+                     for o in study.trials)
+        assert (trial.number in front) == (not beaten)
+    pareto = yaml.safe_load((tmp_path / "pareto.yaml").read_text())
+    assert [p["trial"] for p in pareto] == sorted(front, key=lambda n: -study.trials[n].values[0])
+    assert pareto[0]["command"].startswith("python train.py ") and "model.hidden_dims=" in pareto[0]["command"]
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"Pareto front: {len(front)} trials that no other trial beats on every objective" in summary
+    assert "| trial | val/acc (maximize) | parameters (minimize) |" in summary
+    assert not (tmp_path / "best.yaml").exists()  # no single best trial with two objectives
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["hydra.sweeper.direction=[maximize,minimize]", "hydra.sweeper.objectives=[val/acc,train_time_s]",
+          "hydra/sweeper/pruner=median"],
+         "error: hydra.sweeper.pruner must be none with several objectives (hydra.sweeper.direction=['maximize', "
+         "'minimize']): Optuna prunes single-objective studies only; add hydra/sweeper/pruner=none"),
+        (["hydra.sweeper.direction=[maximize,minimize]"], "must come with hydra.sweeper.objectives, one metric per direction"),
+        (["hydra.sweeper.direction=[maximize,maximize]", "hydra.sweeper.objectives=[val/acc,train_time_s]",
+          "hydra/sweeper/pruner=none"],
+         "error: hydra.sweeper.direction=[maximize,maximize] but the objective, train_time_s, is better minimized; "
+         "set hydra.sweeper.direction=minimize for train_time_s"),
+        (["hydra.sweeper.replicates='seed=0,1'", "hydra/sweeper/pruner=median"],
+         "hydra.sweeper.pruner must be none when each trial is several runs"),
+    ],
+)
+def test_settings_a_search_cannot_honour_are_refused_in_one_line_before_any_trial(data_dir, tmp_path, overrides, message):
+    result = sweep(tmp_path, "hparams_search=mlp_optuna", *overrides, data_dir=data_dir)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output and message in output
+    assert len([line for line in output.splitlines() if "error:" in line]) == 1
+    assert not list(tmp_path.glob("*/job.json"))
+
+
+def test_a_trial_with_replicates_is_scored_on_their_mean(data_dir, tmp_path):
+    result = sweep(tmp_path, *SEARCH, "hydra.sweeper.n_trials=2", "hydra.sweeper.replicates='seed=0,1'", data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for trial in load(tmp_path / "optuna.journal").trials:
+        runs = [json.loads((tmp_path / str(trial.number) / str(i) / "metrics.json").read_text()) for i in (0, 1)]
+        assert trial.value == pytest.approx((runs[0]["val/acc"] + runs[1]["val/acc"]) / 2)
+        assert not trial.intermediate_values  # the runs of a replicated trial do not report to it
+    rows = read_csv(tmp_path / "summary_replicates.csv")
+    assert len(rows) == 2 and {r["replicates"] for r in rows} == {"2"}
+    assert yaml.safe_load((tmp_path / "best.yaml").read_text())["command"].endswith(" seed=0,1")  # -m: both runs again
+
+
+# --- parallel trials: a trial that ends frees its worker for the next one ----------------------------------------
+
+
+def test_with_two_workers_a_finished_trial_frees_its_slot_without_waiting_for_the_other(tmp_path):
+    """Trial 0 runs long, trial 1 short: trial 2 must start on trial 1's worker while trial 0 still runs."""
+    events: list[tuple[str, int]] = []
+    release = threading.Event()
+
+    class Launcher:  # runs a "job" in the calling thread, as a joblib or submitit launch call waits for its jobs
+        def launch(self, batch, initial_job_idx):
+            number = int(next(o for o in batch[0] if o.startswith("hydra.sweeper.trial=")).partition("=")[2])
+            events.append(("start", number))
+            if number == 0:
+                release.wait(timeout=60)  # the long trial: runs until trial 2 has started
+            if number == 2:
+                release.set()
+            events.append(("end", number))
+            return [JobReturn(status=JobStatus.COMPLETED, _return_value=0.5 + number / 10)]
+
+    cfg = compose_config("train", ["hparams_search=mlp_optuna", "hydra/launcher=joblib", "hydra/sweeper/pruner=none",
+                                   f"hydra.sweep.dir={tmp_path}"], with_hydra=True)
+    search = instantiate(cfg.hydra.sweeper, _target_="mlplab.search.optuna_sweeper.OptunaSearch", n_trials=3, n_jobs=2)
+    search.config, search.sweep_dir, search.launcher = cfg, tmp_path, Launcher()
+    search.validate_batch_is_legal = lambda batch: None
+    search.sweep([])
+    assert events.index(("start", 2)) < events.index(("end", 0))
+    assert [t.state for t in load(tmp_path / "optuna.journal").trials] == [TrialState.COMPLETE] * 3

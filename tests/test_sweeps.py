@@ -5,7 +5,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import statistics
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +18,7 @@ import torch
 import yaml
 from omegaconf import OmegaConf
 
-from conftest import compose_config, run_script
+from conftest import ROOT, compose_config, run_script
 from mlplab.data.datamodule import MNISTDataModule, load_split, split_folds
 from mlplab.errors import ConfigError
 from mlplab.search.sweeps import SweepSummary, available_cores, job_threads
@@ -94,6 +99,37 @@ def test_a_job_whose_own_composition_is_invalid_is_recorded_as_failed_and_the_sw
     assert rows["2"]["error"] == "data.fold=2 must be an integer in [0, data.num_folds=2) (every fold: -m 'data.fold=range(2)')"
 
 
+# --- an interrupted grid continues: the same command in the same sweep dir skips the jobs that finished ---------
+
+
+def test_a_killed_grid_sweep_continues_and_skips_its_finished_jobs(data_dir, tmp_path):
+    args = ["-m", "debug=fast", "optimizer.lr=1e-3,2e-3,3e-3", f"hydra.sweep.dir={tmp_path}"]
+    env = os.environ | {"DATA_DIR": str(data_dir), "PYTHONWARNINGS": "ignore"}
+    killed = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "1" / ".hydra").is_dir() and time.monotonic() < deadline and killed.poll() is None:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    first = json.loads((tmp_path / "0" / "job.json").read_text())
+    assert first["status"] == "ok" and not (tmp_path / "2").exists()  # job 0 done, job 1 cut off, job 2 never started
+    metrics_time = (tmp_path / "0" / "metrics.json").stat().st_mtime_ns
+
+    result = run_script("train.py", *args, data_dir=data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "job 0 finished in an earlier command (job.json: ok): skipped" in result.stdout + result.stderr
+    assert (tmp_path / "0" / "metrics.json").stat().st_mtime_ns == metrics_time  # not trained again
+    assert json.loads((tmp_path / "0" / "job.json").read_text()) == first
+    rows = read_csv(tmp_path / "summary.csv")
+    assert sorted(r["optimizer.lr"] for r in rows) == ["0.001", "0.002", "0.003"] and all(r["status"] == "ok" for r in rows)
+
+    other = run_script("train.py", "-m", "debug=fast", "optimizer.lr=1e-3,5e-3", f"hydra.sweep.dir={tmp_path}", data_dir=data_dir)
+    assert other.returncode == 1 and "Traceback" not in other.stderr
+    assert (f"hydra.sweep.dir={tmp_path} holds a sweep with other overrides; to continue it, repeat them: "
+            f"python train.py -m debug=fast optimizer.lr=1e-3,2e-3,3e-3 hydra.sweep.dir={tmp_path}") in other.stdout + other.stderr
+
+
 # --- k-fold cross-validation ---------------------------------------------------------------------------------
 
 
@@ -147,13 +183,63 @@ def test_cross_validation_with_the_joblib_launcher_aggregates_folds(data_dir, tm
     assert len(records) == 3 and all(r["status"] == "ok" for r in records.values())
     assert {r["threads"] for r in records.values()} == {max(1, available_cores() // 2)}
     metrics = list(job_files(tmp_path, "metrics.json").values())
-    [row] = read_csv(tmp_path / "summary_folds.csv")
-    assert (row["folds_ok"], row["folds"]) == ("3", "3")
+    [row] = read_csv(tmp_path / "summary_replicates.csv")
+    assert (row["ok"], row["replicates"]) == ("3", "3")
     for name in ("val/acc", "test/acc", "val/loss"):
         values = [m[name] for m in metrics]
         assert float(row[f"{name} mean"]) == pytest.approx(statistics.fmean(values), abs=1e-12)
         assert float(row[f"{name} std"]) == pytest.approx(statistics.stdev(values), abs=1e-12)
-    assert "## Cross-validation" in (tmp_path / "summary.md").read_text()
+    assert "## Replicates: mean ± std (sample, n-1) over data.fold" in (tmp_path / "summary.md").read_text()
+
+
+# --- replicates: jobs that differ only in seed (or fold) are one configuration, compared by a significance test ---
+
+
+def finished_job(sweep_dir: Path, number: int, overrides: list[str], val_acc: float) -> None:
+    """A job dir as a finished sweep job leaves it: Hydra's overrides.yaml, job.json, metrics.json."""
+    job_dir = sweep_dir / str(number)
+    (job_dir / ".hydra").mkdir(parents=True)
+    (job_dir / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+    (job_dir / "job.json").write_text(json.dumps({"status": "ok", "monitor": "val/acc", "mode": "max", "value": val_acc}))
+    (job_dir / "metrics.json").write_text(json.dumps({"val/acc": val_acc, "test/acc": val_acc - 0.001, "val/loss": 0.1,
+                                                      "test/loss": 0.1, "train_time_s": 10.0 + number, "epochs": 3}))
+
+
+def test_replicates_are_averaged_and_each_configuration_is_tested_against_the_best(tmp_path):
+    from scipy import stats
+
+    accs = {"0": [0.990, 0.991, 0.992], "0.2": [0.985, 0.987, 0.986], "0.1": [0.9895, 0.9915, 0.9905]}
+    number = 0
+    for dropout, values in accs.items():
+        for seed, value in enumerate(values):
+            finished_job(tmp_path, number, [f"model.dropout={dropout}", f"seed={seed}"], value)
+            number += 1
+    finished_job(tmp_path, number, ["model.dropout=0.3", "seed=0"], 0.980)  # one replicate: no test possible
+    SweepSummary(replicate_keys=["seed", "data.fold"]).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    rows = read_csv(tmp_path / "summary_replicates.csv")
+    assert [r["model.dropout"] for r in rows] == ["0", "0.1", "0.2", "0.3"]  # best first by mean val/acc
+    assert [r["replicates"] for r in rows] == ["3", "3", "3", "1"]
+    assert float(rows[0]["val/acc mean"]) == pytest.approx(0.991) and float(rows[0]["val/acc std"]) == pytest.approx(0.001)
+    assert float(rows[0]["train_time_s mean"]) == pytest.approx(11.0)
+    assert rows[1]["test_vs_best"] == "paired t"  # same seeds: paired
+    assert float(rows[1]["p_vs_best"]) == pytest.approx(stats.ttest_rel(accs["0"], accs["0.1"]).pvalue)
+    assert float(rows[2]["p_vs_best"]) == pytest.approx(stats.ttest_rel(accs["0"], accs["0.2"]).pvalue)
+    assert float(rows[2]["p_vs_best"]) < 0.05 < float(rows[1]["p_vs_best"])  # 0.5 points apart is real; 0.05 is not
+    assert rows[3]["test_vs_best"] == "" and rows[3]["p_vs_best"] == ""
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "## Replicates: mean ± std (sample, n-1) over seed, best first by val/acc" in markdown
+    assert "| 0 | 3/3 | 0.9910 ± 0.0010 |" in markdown and "Best configuration: model.dropout=0." in markdown
+
+
+def test_replicates_without_shared_seeds_use_welchs_test(tmp_path):
+    from scipy import stats
+
+    for number, (dropout, seed, value) in enumerate([(0, 0, 0.99), (0, 1, 0.992), (0.2, 2, 0.985), (0.2, 3, 0.984), (0.2, 4, 0.987)]):
+        finished_job(tmp_path, number, [f"model.dropout={dropout}", f"seed={seed}"], value)
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    best, other = read_csv(tmp_path / "summary_replicates.csv")
+    assert other["test_vs_best"] == "Welch t"
+    assert float(other["p_vs_best"]) == pytest.approx(stats.ttest_ind([0.99, 0.992], [0.985, 0.984, 0.987], equal_var=False).pvalue)
 
 
 # --- Optuna and submitit --------------------------------------------------------------------------------------

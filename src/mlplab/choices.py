@@ -31,6 +31,9 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "leaky_relu")
 EXPORT_FORMATS = {"export": ".pt2", "onnx": ".onnx", "torchscript": ".pt"}  # format -> file suffix
 SAMPLERS = ("tpe", "random", "gp", "cmaes", "qmc", "nsgaii")  # hydra/sweeper/sampler
 PRUNERS = ("none", "median", "hyperband", "successive_halving")  # hydra/sweeper/pruner and hydra.sweeper.pruner
+DIRECTIONS = ("maximize", "minimize")  # hydra.sweeper.direction, one per objective
+# hydra.sweeper.objectives: what a search can optimize, read from each job's metrics.json, and which way is better
+OBJECTIVES = {"val/acc": "maximize", "val/loss": "minimize", "train_time_s": "minimize", "parameters": "minimize"}
 # trainer.precision: what Lightning accepts (it lists them only in private type aliases; tests compare) and auto
 PRECISIONS = ("auto", "transformer-engine", "transformer-engine-float16", "16-true", "16-mixed", "bf16-true",
               "bf16-mixed", "32-true", "64-true", "64", "32", "16", "bf16", 64, 32, 16)

@@ -34,7 +34,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from mlplab.choices import DATASETS
 from mlplab.data.idx import raw_folder, read_header
 from mlplab.errors import ConfigError, DataError, exit_with, reported_as_one_line
-from mlplab.rules import REQUIRED, problem, problems, range_problems, relation_problems, split_problems
+from mlplab.rules import REQUIRED, problem, problems, range_problems, relation_problems, search_problems, split_problems
 from mlplab.run_dirs import refuse_used_dir, run_checkpoint
 
 RUN_DIR_TASKS = ("serve",)  # entry points whose ckpt_path may name a run dir: its run_checkpoint
@@ -119,6 +119,8 @@ def violations(cfg: DictConfig) -> list[str]:
     values = dict(leaf_values(cfg))
     found = problems(values) + relation_problems(values) + range_problems(values) + device_problems(values) + data_problems(values)
     found += search_space_problems(cfg)
+    if "hydra.sweeper.direction" in values:
+        found += search_problems(values, OmegaConf.select(cfg, "hydra.sweeper.pruner", default=None))
     found += [problem(key, "???", f"given: {needed}") for key, needed in REQUIRED.items() if is_missing(cfg, key)]
     ckpt_path = values.get("ckpt_path")
     if isinstance(ckpt_path, str) and ckpt_path and not Path(ckpt_path).is_file():

@@ -158,6 +158,7 @@ def fit_and_report(
         "best_ckpt": best,
         "epochs": trainer.current_epoch,
         "train_time_s": round(train_time, 3),
+        "parameters": sum(p.numel() for p in module.parameters()),
     } | (extra_metrics or {})
     metrics |= {key: value for key, value in (val | test).items() if key not in metrics}  # callbacks' (val/temperature, test/ece)
     if trainer.is_global_zero:

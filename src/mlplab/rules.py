@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from mlplab.choices import ACTIVATIONS, DATASETS, EXPORT_FORMATS, LOADERS, PRECISIONS, PRUNERS
+from mlplab.choices import ACTIVATIONS, DATASETS, DIRECTIONS, EXPORT_FORMATS, LOADERS, OBJECTIVES, PRECISIONS, PRUNERS
 from mlplab.errors import ConfigError
 
 Rule = tuple[Callable[[Any], bool], str]
@@ -81,6 +81,9 @@ seed = integer(lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)")
 epochs_or_auto: Rule = (lambda v: v == "auto" or is_integer(v) and v >= 1, "auto or a number of epochs >= 1")
 pruner: Rule = (lambda v: isinstance(v, Mapping) or v in PRUNERS,
                 f"one of {', '.join(PRUNERS)} (hydra/sweeper/pruner=<name> for its settings)")
+directions = list_of(one_of(DIRECTIONS), "", min_length=1)
+direction: Rule = (lambda v: v in DIRECTIONS or directions[0](v),
+                   f"{' or '.join(DIRECTIONS)}, or a list of them, one per objective ([maximize,minimize])")
 
 # Keys without a default (``???``) that a chosen group needs on the command line.
 REQUIRED: dict[str, str] = {
@@ -267,7 +270,11 @@ RULES: dict[str, Rule] = {
     "lr_find.mode": one_of(("exponential", "linear")),
     "lr_find.early_stop_threshold": or_null(positive, "to run every step"),
     # Optuna sweeper (hparams_search=mlp_optuna); its search space is checked against the rules above
-    "hydra.sweeper.direction": one_of(("minimize", "maximize")),
+    "hydra.sweeper.direction": direction,
+    "hydra.sweeper.objectives": or_null(list_of(one_of(OBJECTIVES), f"a list of metrics from {', '.join(OBJECTIVES)} "
+                                                "(each job's metrics.json), one per direction", min_length=1),
+                                        "for what train.py returns (the monitored metric)"),
+    "hydra.sweeper.replicates": or_null(text, "for one run per trial (e.g. 'seed=0,1,2' or 'data.fold=range(5)')"),
     "hydra.sweeper.study_name": or_null(text, "for a generated name"),
     "hydra.sweeper.storage": or_null(text, "to keep the study in memory"),
     "hydra.sweeper.n_trials": count,
@@ -379,6 +386,34 @@ def relation_problems(values: Mapping[str, Any], prefix: str = "data.") -> list[
         if len(set(classes)) != len(classes) or len(classes) < 2 or max(classes) >= labels:
             found.append(problem(prefix + "classes", classes, f"at least two distinct labels from 0 to {labels - 1} "
                                                               f"({dataset} has {labels} classes)"))
+    return found
+
+
+def prunes(pruner: Any) -> bool:
+    """A sweeper's pruner (its name, or its config with ``_target_``) that can stop trials: not none, not NopPruner."""
+    if pruner is None or pruner == "none":
+        return False
+    return not (isinstance(pruner, Mapping) and str(pruner.get("_target_", "")).endswith("NopPruner"))
+
+
+def search_problems(values: Mapping[str, Any], pruner: Any) -> list[str]:
+    """An Optuna search's directions against its objectives, and the pruner against what Optuna can prune."""
+    direction, objectives = values.get("hydra.sweeper.direction"), values.get("hydra.sweeper.objectives")
+    directions = [direction] if isinstance(direction, str) else list(direction or [])
+    found = []
+    if len(directions) > 1 and objectives is None:
+        found.append(f"hydra.sweeper.direction={shown(directions)} must come with hydra.sweeper.objectives, one metric "
+                     f"per direction (e.g. hydra.sweeper.objectives=[val/acc,train_time_s]; from {', '.join(OBJECTIVES)})")
+    if isinstance(objectives, Sequence) and not isinstance(objectives, str) and len(objectives) != len(directions):
+        found.append(problem("hydra.sweeper.objectives", objectives, f"one metric per direction "
+                                                                     f"(hydra.sweeper.direction={shown(directions)})"))
+    if len(directions) > 1 and prunes(pruner):
+        found.append(f"hydra.sweeper.pruner must be none with several objectives (hydra.sweeper.direction="
+                     f"{shown(directions)}): Optuna prunes single-objective studies only; add hydra/sweeper/pruner=none")
+    if values.get("hydra.sweeper.replicates") and prunes(pruner):
+        found.append(f"hydra.sweeper.pruner must be none when each trial is several runs (hydra.sweeper.replicates="
+                     f"{shown(values['hydra.sweeper.replicates'])}): a trial is scored on their mean, at the end; "
+                     "add hydra/sweeper/pruner=none")
     return found
 
 

@@ -7,8 +7,9 @@ drawing another suffix when taken. The resolver caches its value (``use_cache``)
 job of a sweep, so a run or a sweep resolves its directory once.
 
 A directory given by hand (``hydra.run.dir=X``) that holds another run (``.hydra/``, ``metrics.json``) is refused
-in one line, unless the command resumes that run (``ckpt_path`` inside X: ``resume_command``) or continues the
-Optuna study kept in that sweep dir.
+in one line, unless the command resumes that run (``ckpt_path`` inside X: ``resume_command``), continues the
+Optuna study kept in that sweep dir, or continues that sweep itself: the same overrides again
+(``continue_sweep_command``), whose finished jobs are then skipped (``mlplab.search.sweeps.recorded_sweep_job``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -74,6 +76,12 @@ def refuse_used_dir(config: DictConfig, key: str) -> None:
         return  # the documented resume: the run continues in its own directory
     if key == "hydra.sweep.dir" and continues_search(config, directory):
         return  # an Optuna study kept in this sweep dir: new trials get job dirs of their own (their trial numbers)
+    earlier = sweep_overrides(directory) if key == "hydra.sweep.dir" else None
+    if earlier is not None and earlier[1] == list(OmegaConf.select(config, "hydra.overrides.task", default=[])):
+        return  # the same sweep again: it continues, finished jobs are skipped
+    if earlier is not None:
+        raise ConfigError(f"{key}={directory} holds a sweep with other overrides; to continue it, repeat them: "
+                          f"{continue_sweep_command(entry_point(), *earlier, directory)}")
     resume = f", or to resume that run: ckpt_path={directory}/checkpoints/last.ckpt {key}={directory}" if key == "hydra.run.dir" else ""
     raise ConfigError(f"{key}={directory} already holds another run ({', '.join(found)}); leave {key} out for a new "
                       f"directory of its own{resume}")
@@ -88,6 +96,23 @@ def continues_search(config: DictConfig, directory: Path) -> bool:
     storage = str(sweeper.get("storage") or directory / "optuna.journal")
     study_file = Path(storage.removeprefix("sqlite:///"))
     return study_file.is_file() and directory.resolve() in study_file.resolve().parents
+
+
+def sweep_overrides(directory: Path) -> tuple[list[str], list[str]] | None:
+    """(Hydra's overrides, the task's overrides) of the sweep whose ``multirun.yaml`` (Hydra writes it when a
+    multirun starts) is in ``directory``; None when there is none."""
+    try:
+        overrides = yaml.safe_load((directory / "multirun.yaml").read_text())["hydra"]["overrides"]
+        return list(overrides["hydra"]), list(overrides["task"])
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+
+
+def continue_sweep_command(entry_point: str, hydra_overrides: list[str], overrides: list[str], sweep_dir: str | Path) -> str:
+    """The command that continues a sweep in its own dir (its launcher and sweeper settings, its overrides):
+    its jobs that finished are skipped, the others run."""
+    settings = [o for o in hydra_overrides if not o.startswith(("hydra.sweep.dir=", "hydra.mode="))]  # -m says the mode
+    return shlex.join(["python", entry_point, "-m", *settings, *overrides, f"hydra.sweep.dir={sweep_dir}"])
 
 
 def resume_command(entry_point: str, overrides: list[str], checkpoint: str | Path, run_dir: str | Path) -> str:

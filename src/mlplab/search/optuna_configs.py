@@ -4,7 +4,8 @@
 The keys are those of Hydra's own Optuna sweeper (hydra-optuna-sweeper, which needs optuna < 3): sampler,
 direction, study_name, storage, n_trials, n_jobs, params, and its sampler group, so that a search config
 switches between the two with its ``override /hydra/sweeper: ...`` line. Added here: pruner, trial (set per
-job), importance_min_trials.
+job), importance_min_trials, objectives (several directions: a multi-objective
+search), replicates.
 """
 
 
@@ -124,7 +125,9 @@ class OptunaSweeperConf:
     defaults: list[Any] = field(default_factory=lambda: ["_self_", {"sampler": "tpe"}, {"pruner": "none"}])
     sampler: Any = None
     pruner: Any = None              # a pruner config (hydra/sweeper/pruner=...) or its name (hydra.sweeper.pruner=median)
-    direction: str = "minimize"     # the objective is what the task function returns
+    direction: Any = "minimize"     # the objective is what the task function returns; a list: one per objective
+    objectives: Any = None          # null: what the task returns; a list: metrics.json names (val/acc, train_time_s, ...)
+    replicates: str | None = None   # 'seed=0,1,2' or 'data.fold=range(5)': each trial runs once per value, scored on the mean
     study_name: str | None = None
     storage: str | None = None   # RDB URL or journal file path; null: <sweep dir>/optuna.journal
     n_trials: int = 20              # trials in the study, counting those earlier commands finished

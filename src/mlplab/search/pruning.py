@@ -44,6 +44,8 @@ class OptunaPruning(L.Callback):
 
         storage = open_storage(self.storage)
         study = optuna.load_study(study_name=self.study_name, storage=storage, pruner=build_pruner(self.pruner))
+        if len(study.directions) > 1:
+            return  # Optuna takes no intermediate values from a multi-objective trial (and cannot prune it)
         self._trial = trial_by_number(study, storage, int(self.number))
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -7,11 +7,13 @@ Two pieces, each a mechanism Hydra provides:
 job an Optuna pruner stopped (``TrialPruned``) is ``pruned``, not failed. Hydra's launchers catch a job's
 exception, but the sweepers then read ``return_value``, which re-raises it and abandons the jobs still to run;
 so the wrapper logs the failure (traceback in the job's log), records it and returns NaN, and the sweeper goes
-on. ``HYDRA_FULL_ERROR=1`` re-raises instead, to stop at the first failure.
+on. ``HYDRA_FULL_ERROR=1`` re-raises instead, to stop at the first failure. The same command again in the same
+sweep dir continues the sweep: a job whose ``job.json`` says it finished with these overrides is skipped (its
+recorded value returned), one a kill interrupted resumes from its ``last.ckpt``, the others run.
 
 ``SweepSummary`` is a Hydra callback (``hydra.callbacks`` in conf/train.yaml): ``on_multirun_end`` reads every
 job's overrides, ``job.json`` and ``metrics.json``, writes ``summary.csv`` and ``summary.md`` (plus
-``summary_folds.csv`` when jobs differ in ``data.fold``, and an optimizing sweeper's ``study.md``), prints the
+``summary_replicates.csv`` when jobs repeat a configuration over ``seed`` or ``data.fold``, and an optimizing sweeper's ``study.md``), prints the
 table, and exits with status 1 when a job failed: a ``SystemExit``, since Hydra turns a callback's exception
 into a warning.
 """
@@ -35,10 +37,12 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
+from mlplab.choices import OBJECTIVES
 from mlplab.config import available_cores
 from mlplab.errors import ConfigError, user_error_in, wants_traceback
+from mlplab.run_dirs import continue_sweep_command, entry_point
 from mlplab.run_record import read_tracker_runs
 
 log = logging.getLogger(__name__)
@@ -46,7 +50,8 @@ log = logging.getLogger(__name__)
 JOB_RECORD = "job.json"
 NOT_FAILED = ("ok", "pruned", "retried")  # statuses that leave the exit status 0
 STUDY_REPORT = "study.md"  # an optimizing sweeper's report, appended to summary.md
-FOLD_KEY = "data.fold"
+REPLICATE_KEYS = ("seed", "data.fold")  # jobs differing only in these repeat one configuration
+TIME_KEY = "train_time_s"  # metrics.json: seconds of fitting
 METRICS = ("val/acc", "val/loss", "test/acc", "test/loss")
 
 
@@ -86,14 +91,20 @@ def job_threads(cfg: DictConfig, launcher: DictConfig | None) -> int | None:
 
 
 def check_direction(sweeper: DictConfig, monitor: str, mode: str) -> None:
-    """An optimizing sweeper must push the monitored metric the way the checkpoint callback ranks it."""
+    """An optimizing sweeper must push each objective the way it is better: the monitored metric the way the
+    checkpoint callback ranks it, the others as ``mlplab.choices.OBJECTIVES`` says (time and size: minimize)."""
     direction = sweeper.get("direction")
-    expected = {"max": "maximize", "min": "minimize"}[mode]
-    if isinstance(direction, str) and direction != expected:
-        raise ConfigError(
-            f"hydra.sweeper.direction={direction} but the objective, {monitor}, is best at its {mode} "
-            f"(callbacks.model_checkpoint.mode); set hydra.sweeper.direction={expected}"
-        )
+    if direction is None:
+        return  # the basic sweeper: no direction
+    directions = [direction] if isinstance(direction, str) else list(direction)
+    objectives = list(sweeper.get("objectives") or [monitor])
+    for name, given in zip(objectives, directions, strict=False):
+        expected = {"max": "maximize", "min": "minimize"}[mode] if name == monitor else OBJECTIVES.get(name)
+        if expected is not None and given != expected:
+            what = f"{monitor}, is best at its {mode} (callbacks.model_checkpoint.mode)" if name == monitor else f"{name}, is better {expected}d"
+            shown_direction = given if len(directions) == 1 else "[" + ",".join(directions) + "]"
+            raise ConfigError(f"hydra.sweeper.direction={shown_direction} but the objective, {what}; set "
+                              f"hydra.sweeper.direction={expected}" + (f" for {name}" if len(directions) > 1 else ""))
 
 
 def one_line(err: BaseException) -> str:
@@ -116,9 +127,20 @@ def recorded_sweep_job(task: Callable[[DictConfig], float]) -> Callable[[DictCon
             torch.set_num_threads(threads)
         if not multirun:
             return task(cfg)
+        output_dir = Path(hydra_cfg.runtime.output_dir)
+        overrides = list(hydra_cfg.overrides.task)
+        earlier = finished_job(output_dir, overrides)
+        if earlier is not None:
+            log.info("job %s finished in an earlier command (%s: %s): skipped", hydra_cfg.job.num, JOB_RECORD, earlier["status"])
+            return math.nan if earlier.get("value") is None or earlier["status"] != "ok" else float(earlier["value"])
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if last.is_file() and not cfg.get("ckpt_path"):  # a kill interrupted this job: it continues where it stopped
+            log.info("job %s continues from %s", hydra_cfg.job.num, last)
+            with open_dict(cfg):
+                cfg.ckpt_path = str(last)
         monitor, mode = monitored_metric(cfg)
         record: dict[str, Any] = {"status": "interrupted", "monitor": monitor, "mode": mode, "value": None,
-                                  "error": None, "threads": torch.get_num_threads()}
+                                  "error": None, "threads": torch.get_num_threads(), "overrides": overrides}
         start = time.perf_counter()
         try:
             value = float(task(cfg))
@@ -138,12 +160,20 @@ def recorded_sweep_job(task: Callable[[DictConfig], float]) -> Callable[[DictCon
                 raise
         finally:
             record["wall_time_s"] = round(time.perf_counter() - start, 3)
-            output_dir = Path(hydra_cfg.runtime.output_dir)
             output_dir.mkdir(parents=True, exist_ok=True)
             (output_dir / JOB_RECORD).write_text(json.dumps(record, indent=2) + "\n")
         return value
 
     return job
+
+
+def finished_job(job_dir: Path, overrides: list[str]) -> dict[str, Any] | None:
+    """The record of a job that already finished in ``job_dir`` (ok, or pruned by a search) with these overrides."""
+    try:
+        record = json.loads((job_dir / JOB_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if record.get("status") in ("ok", "pruned") and record.get("overrides") == overrides else None
 
 
 @dataclass
@@ -205,22 +235,43 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 
 @dataclass
-class FoldGroup:
-    """One configuration's folds: mean and sample std of each metric over the folds that finished."""
+class ReplicateGroup:
+    """One configuration's replicates (jobs that differ only in replicate keys): mean and sample std of each metric
+    over the replicates that finished, and how it compares with the best configuration."""
 
-    overrides: dict[str, str]  # without data.fold
-    folds_ok: int
-    folds: int
+    overrides: dict[str, str]  # without the replicate keys
+    ok: int
+    replicates: int
     stats: dict[str, tuple[float, float]]  # metric name -> (mean, std)
+    values: dict[tuple, float]  # replicate (its replicate keys' values) -> the monitored metric, finished ones only
+    test: str = ""  # against the best configuration: "paired t" | "Welch t" | "" (too few replicates, or the best)
+    p_value: float = math.nan
+
+
+def compare(best: ReplicateGroup, other: ReplicateGroup) -> tuple[str, float]:
+    """Two-sided p-value of the difference in the monitored metric: a paired t-test over the replicates both ran
+    (same seed, same fold: the pairing removes what the replicate itself contributes), else Welch's t-test."""
+    from scipy import stats  # the `sweep` extra; only a sweep with replicates needs it
+
+    shared = sorted(best.values.keys() & other.values.keys())
+    if len(shared) >= 2 and len(shared) == len(best.values) == len(other.values):
+        a, b = [best.values[k] for k in shared], [other.values[k] for k in shared]
+        if any(x != y for x, y in zip(a, b, strict=True)):
+            return "paired t", float(stats.ttest_rel(a, b).pvalue)
+        return "paired t", 1.0
+    if len(best.values) >= 2 and len(other.values) >= 2:
+        return "Welch t", float(stats.ttest_ind(list(best.values.values()), list(other.values.values()), equal_var=False).pvalue)
+    return "", math.nan
 
 
 @dataclass
 class Summary:
-    """A sweep's jobs, best first by the monitored metric, and (with data.fold) their cross-validation means."""
+    """A sweep's jobs, best first by the monitored metric, and their configurations' means over replicates."""
 
     jobs: list[JobResult]
     monitor: str
     mode: str
+    replicate_keys: Sequence[str] = REPLICATE_KEYS
 
     @property
     def failed(self) -> list[JobResult]:
@@ -256,29 +307,39 @@ class Summary:
             return (1, 0.0)
         return (0, -value if self.mode == "max" else value)
 
-    def cross_validation(self) -> list[FoldGroup]:
-        """Jobs that differ only in data.fold, grouped: one cross-validated configuration each, best first."""
-        if not any(FOLD_KEY in job.overrides for job in self.jobs):
+    def swept_replicate_keys(self) -> list[str]:
+        """The replicate keys (seed, data.fold) this sweep varies."""
+        return [key for key in self.varying_keys() if key in self.replicate_keys]
+
+    def replicates(self) -> list[ReplicateGroup]:
+        """Jobs that differ only in replicate keys, grouped: one configuration each, best first by its mean, each
+        compared with the best (p-value of the difference)."""
+        keys = self.swept_replicate_keys()
+        if not keys:
             return []
         groups: dict[tuple, list[JobResult]] = {}
         for job in self.jobs:
-            groups.setdefault(tuple((k, v) for k, v in job.overrides.items() if k != FOLD_KEY), []).append(job)
-        folds = []
-        for key, jobs in groups.items():
+            groups.setdefault(tuple((k, v) for k, v in job.overrides.items() if k not in keys), []).append(job)
+        found = []
+        for config, jobs in groups.items():
             ok = [job for job in jobs if job.ok]
-            stats = {name: mean_std([job.metrics.get(name, math.nan) for job in ok]) for name in self.metric_names}
-            folds.append(FoldGroup(dict(key), len(ok), len(jobs), stats))
-        # a configuration that failed on some folds ranks below every complete one
-        return sorted(folds, key=lambda group: (group.folds_ok < group.folds, self.rank(group.stats[self.monitor][0])))
+            stats = {name: mean_std([job.metrics.get(name, math.nan) for job in ok]) for name in [*self.metric_names, TIME_KEY]}
+            values = {tuple(job.overrides.get(k) for k in keys): job.value for job in ok}
+            found.append(ReplicateGroup(dict(config), len(ok), len(jobs), stats, values))
+        # a configuration that failed on some replicates ranks below every complete one
+        found.sort(key=lambda group: (group.ok < group.replicates, self.rank(group.stats[self.monitor][0])))
+        for other in found[1:]:
+            other.test, other.p_value = compare(found[0], other)
+        return found
 
 
-def summarize(sweep_dir: Path) -> Summary:
+def summarize(sweep_dir: Path, replicate_keys: Sequence[str] = REPLICATE_KEYS) -> Summary:
     """Read every job under ``sweep_dir``, ranked: ok jobs best first by the monitored metric, then the rest."""
     found = [read_job(f.parent.parent, sweep_dir) for f in sweep_dir.glob("**/.hydra/overrides.yaml")]
     found.sort(key=lambda pair: job_order(Path(pair[0].name)))
     records = [record for _, record in found if record.get("monitor")]
     monitor, mode = (records[0]["monitor"], records[0]["mode"]) if records else ("val/acc", "max")
-    summary = Summary([job for job, _ in found], monitor, mode)
+    summary = Summary([job for job, _ in found], monitor, mode, tuple(replicate_keys))
     summary.jobs.sort(key=lambda job: (not job.ok, summary.rank(job.value)))
     return summary
 
@@ -289,6 +350,12 @@ def fmt(value: Any) -> str:
     if isinstance(value, float):
         return "" if math.isnan(value) else f"{value:.4f}"
     return str(value)
+
+
+def mean_and_std(mean: float, std: float, digits: int = 4) -> str:
+    if math.isnan(mean):
+        return ""
+    return f"{mean:.{digits}f}" if math.isnan(std) else f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -333,20 +400,26 @@ def render_markdown(summary: Summary) -> str:
             f"checkpoint {best.metrics.get('best_ckpt')}",
             "",
         ]
-    groups = summary.cross_validation()
+    groups = summary.replicates()
     if groups:
-        config_keys = [k for k in keys if k != FOLD_KEY]
+        replicate_keys = summary.swept_replicate_keys()
+        config_keys = [k for k in keys if k not in replicate_keys]
         rows = [
-            [*(group.overrides.get(k, "") for k in config_keys), f"{group.folds_ok}/{group.folds}",
-             *(f"{fmt(mean)} ± {fmt(std)}" if not math.isnan(std) else fmt(mean) for mean, std in group.stats.values())]
-            for group in groups
+            [*(group.overrides.get(k, "") for k in config_keys), f"{group.ok}/{group.replicates}",
+             *(mean_and_std(*group.stats[name], digits=1 if name == TIME_KEY else 4) for name in group.stats),
+             "best" if index == 0 else f"{group.p_value:.3g} ({group.test})" if group.test else ""]
+            for index, group in enumerate(groups)
         ]
+        names_shown = [*names, "train s"]
         lines += [
-            f"## Cross-validation: mean ± std (sample, n-1) over folds, best first by {summary.monitor}",
+            f"## Replicates: mean ± std (sample, n-1) over {', '.join(replicate_keys)}, best first by {summary.monitor}",
             "",
-            markdown_table([*config_keys, "folds ok", *names], rows),
+            markdown_table([*config_keys, "ok", *names_shown, f"p vs best ({summary.monitor})"], rows),
             "",
-            f"Best configuration: {describe(groups[0].overrides, config_keys)}",
+            f"Best configuration: {describe(groups[0].overrides, config_keys)}. p vs best: two-sided p-value of a "
+            f"paired t-test over the same {'/'.join(replicate_keys)} values (Welch's t-test when they differ), the "
+            f"chance of a {summary.monitor} difference this large between equally good configurations; below 0.05, "
+            "call the difference real.",
             "",
         ]
     return "\n".join(lines)
@@ -360,7 +433,7 @@ def write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) 
 
 
 def write_summary(summary: Summary, sweep_dir: Path) -> str:
-    """Write summary.md, summary.csv (every override key, every metric) and summary_folds.csv; return the markdown."""
+    """Write summary.md, summary.csv (every override key, every metric) and summary_replicates.csv; return the markdown."""
     keys, names = summary.override_keys(), summary.metric_names
     extra = ("epochs", "train_time_s", "best_ckpt")
     write_csv(
@@ -371,14 +444,18 @@ def write_summary(summary: Summary, sweep_dir: Path) -> str:
           *(job.trackers.get(t, {}).get("run_id") for t in summary.trackers)]
          for job in summary.jobs],
     )
-    groups = summary.cross_validation()
+    groups = summary.replicates()
     if groups:
-        config_keys = [k for k in keys if k != FOLD_KEY]
+        replicate_keys = summary.swept_replicate_keys()
+        config_keys = [k for k in keys if k not in replicate_keys]
+        stat_names = [*names, TIME_KEY]
         write_csv(
-            sweep_dir / "summary_folds.csv",
-            [*config_keys, "folds_ok", "folds", *(f"{name} {stat}" for name in names for stat in ("mean", "std"))],
-            [[*(group.overrides.get(k) for k in config_keys), group.folds_ok, group.folds,
-              *(x for pair in group.stats.values() for x in pair)] for group in groups],
+            sweep_dir / "summary_replicates.csv",
+            [*config_keys, "ok", "replicates", *(f"{name} {stat}" for name in stat_names for stat in ("mean", "std")),
+             "test_vs_best", "p_vs_best"],
+            [[*(group.overrides.get(k) for k in config_keys), group.ok, group.replicates,
+              *(x for pair in group.stats.values() for x in pair), group.test, group.p_value if group.test else None]
+             for group in groups],
         )
     markdown = render_markdown(summary)
     study = sweep_dir / STUDY_REPORT
@@ -392,7 +469,11 @@ class SweepSummary(Callback):
     """At the end of a multirun: the results table in the sweep dir and on the console; exit 1 if a job failed.
 
     At its start: an optimizing sweeper's direction checked against the monitored metric, before any job runs.
+    ``replicate_keys``: overrides whose jobs repeat one configuration (seeds, folds), averaged in the summary.
     """
+
+    def __init__(self, replicate_keys: Sequence[str] = REPLICATE_KEYS) -> None:
+        self.replicate_keys = tuple(replicate_keys)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
@@ -400,10 +481,12 @@ class SweepSummary(Callback):
         except ConfigError as err:
             log.error("error: %s", err)
             raise SystemExit(1) from err
+        log.info("if this sweep stops, continue it (finished jobs are skipped): %s", continue_sweep_command(
+            entry_point(), list(config.hydra.overrides.hydra), list(config.hydra.overrides.task), config.hydra.sweep.dir))
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        summary = summarize(sweep_dir)
+        summary = summarize(sweep_dir, self.replicate_keys)
         markdown = write_summary(summary, sweep_dir)
         print(f"\n{markdown}\nwritten to {sweep_dir / 'summary.md'} and summary.csv", flush=True)
         if summary.failed:
