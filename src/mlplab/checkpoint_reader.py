@@ -257,13 +257,14 @@ def overrides_any(arg: str, keys: set[str]) -> bool:
     return any(key == name or key.startswith(name + ".") for key in keys) or name.startswith("experiment")
 
 
-def load_trained_from_config(cfg: DictConfig) -> TrainedClassifier:
-    """``load_trained(cfg.ckpt_path)``, saying what to type when the user left ckpt_path out."""
-    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+def load_trained_from_config(cfg: DictConfig, path: str | Path | None = None) -> TrainedClassifier:
+    """``load_trained(path or cfg.ckpt_path)``, its origin reported in the run dir, saying what to type when the
+    user left ckpt_path out."""
+    if path is None and (OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path):
         raise UserError("ckpt_path=<file> is required: a checkpoint written by train.py, "
                         "e.g. ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt")
-    trained = load_trained(cfg.ckpt_path)
-    return replace(trained, origin=report_origin(cfg.ckpt_path, cfg.output_dir))
+    path = path or cfg.ckpt_path
+    return replace(load_trained(path), origin=report_origin(path, cfg.output_dir))
 
 
 def checkpoint_origin(ckpt_path: str | Path) -> dict[str, Any] | None:

@@ -26,6 +26,7 @@ from mlplab.data.pictures import find_images, prepare_picture
 from mlplab.errors import ConfigError, UserError
 from mlplab.figures import image_grid_figure
 from mlplab.rules import check, problem
+from mlplab.run_dirs import entry_point
 
 log = logging.getLogger(__name__)
 
@@ -40,13 +41,9 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     trained = load_trained_from_config(cfg)
     if OmegaConf.is_missing(cfg, "inputs"):
         raise UserError("inputs=<picture, folder or pattern> is required, e.g. inputs=my_digit.png or inputs=pictures/")
+    refuse_non_picture_model(trained, cfg.ckpt_path, cfg.top_k)
     info = trained.info
-    if len(info.image_shape) != 3:
-        raise UserError(f"ckpt_path={cfg.ckpt_path} was trained on tabular data ({trained.dataset}); predict.py "
-                        "classifies pictures (eval.py scores a checkpoint on its data)")
     size, names = info.image_shape[-1], trained.class_names
-    if cfg.top_k > len(names):
-        raise ConfigError(problem("top_k", cfg.top_k, f"at most {len(names)} (the number of classes)"))
     kaggle_csv = isinstance(cfg.inputs, str) and cfg.inputs.lower().endswith(".csv")
     if kaggle_csv:
         pictures = kaggle_images(Path(cfg.inputs)).float() / 255
@@ -85,6 +82,15 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         write_submission(output_dir / "submission.csv", [row["top"][0][0] for row in rows])
     log.info("run dir: %s", output_dir)
     return rows
+
+
+def refuse_non_picture_model(trained: TrainedClassifier, ckpt_path: str | Path, top_k: int) -> None:
+    """One line where a checkpoint cannot answer ``top_k`` classes for a picture: predict.py's and serve.py's check."""
+    if len(trained.info.image_shape) != 3:
+        raise UserError(f"ckpt_path={ckpt_path} was trained on tabular data ({trained.dataset}); {entry_point()} "
+                        "classifies pictures (eval.py scores a checkpoint on its data)")
+    if top_k > len(trained.class_names):
+        raise ConfigError(problem("top_k", top_k, f"at most {len(trained.class_names)} (the number of classes)"))
 
 
 def class_probabilities(trained: TrainedClassifier, pictures: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import logging
 import re
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
@@ -40,11 +40,11 @@ from omegaconf import DictConfig
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from mlplab.checkpoint_reader import TrainedClassifier, load_trained, report_origin
+from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config
 from mlplab.data.pictures import IMAGE_SUFFIXES, read_grayscale, to_model_input
 from mlplab.errors import ConfigError, UserError
-from mlplab.prediction import class_probabilities, unsure
-from mlplab.rules import check, problem
+from mlplab.prediction import class_probabilities, refuse_non_picture_model, unsure
+from mlplab.rules import check
 from mlplab.run_dirs import run_checkpoint
 
 log = logging.getLogger(__name__)
@@ -260,14 +260,10 @@ def serve(cfg: DictConfig) -> None:
     ckpt = Path(cfg.ckpt_path)
     if ckpt.is_dir():
         ckpt = run_checkpoint(ckpt) or ckpt  # config validation has checked that the run dir holds one
-    trained = load_trained(ckpt)
-    trained = replace(trained, origin=report_origin(ckpt, cfg.output_dir))
-    info = trained.info
-    if len(info.image_shape) != 3:
-        raise UserError(f"ckpt_path={ckpt} was trained on tabular data ({trained.dataset}); serve.py classifies pictures")
-    if cfg.top_k > len(trained.class_names):
-        raise ConfigError(problem("top_k", cfg.top_k, f"at most {len(trained.class_names)} (the number of classes)"))
-    classifier = PictureClassifier(trained, cfg.top_k, cfg.reject_below, cfg.invert, cfg.fit, cfg.box or info.box, cfg.max_pixels)
+    trained = load_trained_from_config(cfg, ckpt)
+    refuse_non_picture_model(trained, ckpt, cfg.top_k)
+    classifier = PictureClassifier(trained, cfg.top_k, cfg.reject_below, cfg.invert, cfg.fit, cfg.box or trained.info.box,
+                                   cfg.max_pixels)
     samples = SampleFolder(Path(cfg.save_dir).expanduser(), class_folders(trained.class_names))  # as typed: relative stays so
     finetune = finetune_command(ckpt, samples.root)
     sock = bound_socket(cfg.host, cfg.port)
