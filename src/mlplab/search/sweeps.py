@@ -311,9 +311,10 @@ class Summary:
         """The replicate keys (seed, data.fold) this sweep varies."""
         return [key for key in self.varying_keys() if key in self.replicate_keys]
 
+    @functools.cached_property
     def replicates(self) -> list[ReplicateGroup]:
         """Jobs that differ only in replicate keys, grouped: one configuration each, best first by its mean, each
-        compared with the best (p-value of the difference)."""
+        compared with the best (p-value of the difference); computed once for the table and the CSV."""
         keys = self.swept_replicate_keys()
         if not keys:
             return []
@@ -400,7 +401,7 @@ def render_markdown(summary: Summary) -> str:
             f"checkpoint {best.metrics.get('best_ckpt')}",
             "",
         ]
-    groups = summary.replicates()
+    groups = summary.replicates
     if groups:
         replicate_keys = summary.swept_replicate_keys()
         config_keys = [k for k in keys if k not in replicate_keys]
@@ -444,7 +445,7 @@ def write_summary(summary: Summary, sweep_dir: Path) -> str:
           *(job.trackers.get(t, {}).get("run_id") for t in summary.trackers)]
          for job in summary.jobs],
     )
-    groups = summary.replicates()
+    groups = summary.replicates
     if groups:
         replicate_keys = summary.swept_replicate_keys()
         config_keys = [k for k in keys if k not in replicate_keys]
