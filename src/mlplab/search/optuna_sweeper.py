@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn, JobStatus
@@ -43,7 +42,7 @@ try:
 except ImportError:  # the `sweep` extra is not installed; Hydra still imports this module whenever it starts
     optuna = None
 
-from mlplab.config import unknown_key
+from mlplab.config import parsed_override, swept_values, unknown_key
 from mlplab.errors import ConfigError, exit_with
 from mlplab.rules import problems
 from mlplab.run_dirs import entry_point
@@ -186,16 +185,15 @@ class OptunaSearch(Sweeper):
 
     def search_space(self, arguments: list[str]) -> tuple[SearchSpace, list[str]]:
         """The swept keys of ``params`` and of the command line (which wins), and the overrides every job shares."""
-        parser = OverridesParser.create()
         entries: dict[str, Override] = {}
         for key, value in self.params.items():
             text = f"{key}={value}"
             try:
-                entries[key] = parser.parse_override(text)
+                entries[key] = parsed_override(text)
             except Exception as err:
                 raise ConfigError(f"search space {text}: {' '.join(str(err).split())}; allowed: {SYNTAX}") from err
         fixed = []
-        for override in parser.parse_overrides(arguments):
+        for override in map(parsed_override, arguments):
             key = override.get_key_element()
             if override.is_sweep_override():
                 entries[key] = override
@@ -239,8 +237,8 @@ class OptunaSearch(Sweeper):
         if not self.replicates:
             return []
         try:
-            override = OverridesParser.create().parse_override(self.replicates)
-            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+            override = parsed_override(self.replicates)
+            values = swept_values(override)
         except Exception as err:
             raise ConfigError(f"hydra.sweeper.replicates={self.replicates}: {' '.join(str(err).split())}; allowed: a key "
                               "and its values as a sweep, e.g. 'seed=0,1,2' or 'data.fold=range(5)'") from err
