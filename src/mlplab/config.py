@@ -257,17 +257,16 @@ def refuse_composition(config_dir: str | Path, config_name: str, overrides: Sequ
         exit_with(ConfigError(f"{error.override} cannot be read: {first_line(error.message)} "
                               "(Hydra's override grammar: https://hydra.cc/docs/advanced/override_grammar/basic)"))
     parsed = [parsed_override(text) for text in overrides if not text.startswith("-") and "=" in text]
-    hydra_overrides = [o for o in parsed if o.key_or_group.startswith("hydra")]
-    parsed = [o for o in parsed if not o.key_or_group.startswith("hydra")]
-    is_group = lambda o: (config_dir / o.key_or_group).is_dir()  # noqa: E731
-    groups = [o for o in parsed if is_group(o)]
+    for override in (o for o in parsed if o.key_or_group.startswith("hydra.") and o.is_sweep_override()):
+        exit_with(ConfigError(f"{override.input_line} cannot be swept: {search_space_hint(override)}"))
+    is_group = lambda o: "/" in o.key_or_group or (config_dir / o.key_or_group).is_dir()  # noqa: E731
     keys = [o for o in parsed if not (is_group(o) or o.is_add() or o.is_force_add() or o.is_delete())]
     if keys:
-        refuse_unknown_keys(config_dir, config_name, groups, keys)
-    if hydra_overrides and not any(text.startswith(("-cd", "--config-dir")) for text in overrides):
-        refuse_bad_hydra_overrides(config_dir, config_name, groups, hydra_overrides)  # (it cannot see those folders)
-    cause = f": {first_line(str(error.__cause__))}" if error.__cause__ else ""
-    exit_with(ConfigError(f"{first_line(str(error))}{cause}"))
+        refuse_unknown_keys(config_dir, config_name, [o for o in parsed if is_group(o)], keys)
+    named = [o.input_line for o in parsed if o.input_line in str(error)]  # "Error merging override <it>"
+    reason = first_line(str(error.__cause__)) if error.__cause__ else ""
+    exit_with(ConfigError(f"{named[0]}: {reason}" if named and reason else
+                          f"{first_line(str(error))}{': ' * bool(reason)}{reason}"))
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
@@ -287,14 +286,10 @@ def swept_values(override: Any) -> list[Any]:
     return list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
 
 
-def choice_text(value: Any) -> str:
-    return f"[{','.join(map(str, value))}]" if isinstance(value, list) else str(value)
-
-
 def group_choices(groups: list[Any]) -> list[str]:
     """The overrides choosing ``groups``' options, a swept group's first (one composition stands for the sweep)."""
-    return [f"{'+' if o.is_add() else ''}{o.key_or_group}={choice_text(swept_values(o)[0])}" for o in groups
-            if o.value() is not None]
+    return [f"{'+' * o.is_add()}{o.key_or_group}={next(o.sweep_string_iterator())}" if o.is_sweep_override()
+            else o.input_line for o in groups if o.value() is not None]
 
 
 def composed_tree(config_dir: Path, config_name: str, overrides: list[str], with_hydra: bool = False) -> dict:
@@ -307,14 +302,17 @@ def composed_tree(config_dir: Path, config_name: str, overrides: list[str], with
 
 
 def refuse_unknown_keys(config_dir: Path, config_name: str, groups: list[Any], keys: list[Any]) -> None:
-    """Compose the config the groups choose, then look up every key."""
+    """Compose the config the groups choose (Hydra's own settings too), then look up every key; a search-space entry
+    (its keys hold dots: ``optimizer.lr``) is given another way."""
     try:
-        tree = composed_tree(config_dir, config_name, group_choices(groups))
+        tree = composed_tree(config_dir, config_name, group_choices(groups), with_hydra=True)
     except Exception:  # whatever stops this composition stops Hydra's too, which reports it
         return
     for override in keys:
-        if unknown := unknown_key(tree, override):
-            exit_with(ConfigError(unknown))
+        hydra_key = override.key_or_group.startswith("hydra.")
+        if unknown := unknown_key(tree if hydra_key else {k: v for k, v in tree.items() if k != "hydra"}, override):
+            searched = override.key_or_group.startswith("hydra.sweeper.params.")
+            exit_with(ConfigError(f"{override.input_line}: {search_space_hint(override)}" if searched else unknown))
 
 
 def unknown_key(tree: dict, override: Any) -> str | None:
@@ -338,28 +336,6 @@ def unknown_key(tree: dict, override: Any) -> str | None:
             hint = f"did you mean {close[0]}?" if close else f"to add a new key: +{override.input_line}"
             return f"{key} is not a setting: {known}; {hint}"
     return None
-
-
-def refuse_bad_hydra_overrides(config_dir: Path, config_name: str, groups: list[Any],
-                               hydra_overrides: list[Any]) -> None:
-    """``hydra.sweeper.n_trial=5``, ``hydra.sweeper.sampler.seed=abc``, a sweep of a Hydra setting: one line naming
-    the override Hydra refused, where Hydra prints a paragraph (or names no key)."""
-    hydra_keys = [o for o in hydra_overrides if not o.key_or_group.startswith("hydra/")]
-    for override in (o for o in hydra_keys if o.is_sweep_override()):
-        exit_with(ConfigError(f"{override.input_line} cannot be swept: {search_space_hint(override)}"))
-    choices = group_choices(groups) + [o.input_line for o in hydra_overrides if o not in hydra_keys]
-    try:
-        tree = composed_tree(config_dir, config_name, choices, with_hydra=True)
-    except Exception:
-        return
-    for override in hydra_keys:
-        try:
-            composed_tree(config_dir, config_name, [*choices, override.input_line], with_hydra=True)
-        except Exception as err:
-            reason = first_line(str(err.__cause__ or err))
-            if override.key_or_group.startswith("hydra.sweeper.params."):  # its keys hold dots: optimizer.lr
-                exit_with(ConfigError(f"{override.input_line}: {search_space_hint(override)}"))
-            exit_with(ConfigError(unknown_key(tree, override) or f"{override.input_line}: {reason}"))
 
 
 def search_space_hint(override: Any) -> str:
