@@ -100,3 +100,17 @@ def test_file_hashes_are_cached_by_path_size_and_mtime(tmp_path):
     assert sha256(data, cache) == "read from the cache"  # same path, size and mtime: not read again
     data.write_bytes(b"9876543210")  # changed in place: new mtime, new digest
     assert sha256(data, cache) == hashlib.sha256(b"9876543210").hexdigest()
+
+
+def test_a_checkpoint_without_its_origin_reads_the_run_json_beside_it_and_a_damaged_one_is_no_origin(tmp_path):
+    import torch
+
+    from mlplab.checkpoint_reader import checkpoint_origin
+
+    (tmp_path / "checkpoints").mkdir()
+    torch.save({"state_dict": {}}, tmp_path / "checkpoints" / "old.ckpt")  # written before checkpoints carried it
+    (tmp_path / "run.json").write_text(json.dumps({"run_dir": str(tmp_path), "git": {"commit": "abc", "dirty": False}}))
+    origin = checkpoint_origin(tmp_path / "checkpoints" / "old.ckpt")
+    assert origin["run_dir"] == str(tmp_path) and origin["git_commit"] == "abc"
+    (tmp_path / "run.json").write_text('{"run_dir": ')  # a run killed while writing it
+    assert checkpoint_origin(tmp_path / "checkpoints" / "old.ckpt") is None

@@ -12,7 +12,6 @@ never run code), and every way a file can be unusable told in one line naming it
 
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from mlplab.errors import ConfigError, UserError
 from mlplab.models import MLP
 from mlplab.rules import check, shown
 from mlplab.run_dirs import command_line_overrides, entry_point
-from mlplab.run_record import CHECKPOINT_KEY, RUN_RECORD, note_checkpoint
+from mlplab.run_record import CHECKPOINT_KEY, note_checkpoint, read_record
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +275,7 @@ def checkpoint_origin(ckpt_path: str | Path) -> dict[str, Any] | None:
         contents = None
     if isinstance(contents, dict) and isinstance(contents.get(CHECKPOINT_KEY), dict):
         return dict(contents[CHECKPOINT_KEY])
-    record = path.resolve().parent.parent / RUN_RECORD
-    if record.is_file():
-        data = json.loads(record.read_text())
+    if data := read_record(path.resolve().parent.parent):
         git_info = data.get("git") or {}
         return {key: data.get(key) for key in ("run_dir", "command", "start_time", "data_sha256")} | {
             "git_commit": git_info.get("commit"), "git_dirty": git_info.get("dirty")}

@@ -45,7 +45,6 @@ CHECKPOINT_KEY = "mlplab_run"
 PACKAGES = ("torch", "lightning", "hydra-core", "torchmetrics", "torchvision")
 
 
-
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -175,11 +174,8 @@ class RunRecord:
             "trackers": {},
             "previous_attempts": [],  # a resumed run's earlier records in this dir (interrupted, diverged, ...)
         }
-        try:
-            earlier = json.loads(self.path.read_text())
+        if earlier := read_record(output_dir):
             self.data["previous_attempts"] = earlier.pop("previous_attempts", []) + [earlier]
-        except (OSError, ValueError):
-            pass
         last = ((cfg.get("callbacks") or {}).get("last_checkpoint") or {})
         self._resume = None  # (checkpoint, command): offered once the checkpoint exists
         if "ckpt_path" in cfg and last.get("dirpath"):
@@ -200,12 +196,18 @@ class RunRecord:
                       end_time=now(), duration_s=round(time.perf_counter() - self._start, 3), resume_command=resume)
 
 
-def running_record(run_dir: str | Path) -> dict[str, Any] | None:
-    """The run.json of the run in progress in ``run_dir`` (a run's context is its dir; the file is the one copy)."""
+def read_record(run_dir: str | Path) -> dict[str, Any]:
+    """A run dir's run.json; {} where there is none, or it is damaged."""
     try:
         data = json.loads((Path(run_dir) / RUN_RECORD).read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def running_record(run_dir: str | Path) -> dict[str, Any] | None:
+    """The run.json of the run in progress in ``run_dir`` (a run's context is its dir; the file is the one copy)."""
+    data = read_record(run_dir)
     return data if data.get("status") == "running" else None
 
 
@@ -269,14 +271,6 @@ def recorded_run(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
         return result
 
     return run
-
-
-def read_tracker_runs(run_dir: Path) -> dict[str, Any]:
-    """The trackers' runs a run dir's run.json names ({} when none)."""
-    try:
-        return json.loads((run_dir / RUN_RECORD).read_text()).get("trackers") or {}
-    except (OSError, ValueError):
-        return {}
 
 
 def warn_if_data_changed(origin: dict[str, Any] | None, hashes: dict[str, str]) -> list[str]:

@@ -43,7 +43,7 @@ from mlplab.choices import OBJECTIVES
 from mlplab.config import available_cores
 from mlplab.errors import ConfigError, user_error_in, wants_traceback
 from mlplab.run_dirs import continue_sweep_command, entry_point
-from mlplab.run_record import read_tracker_runs
+from mlplab.run_record import read_record
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def read_job(job_dir: Path, sweep_dir: Path) -> tuple[JobResult, dict[str, Any]]
         value=math.nan if value is None else float(value),
         metrics=metrics,
         wall_time_s=record.get("wall_time_s"),
-        trackers=read_tracker_runs(job_dir),
+        trackers=read_record(job_dir).get("trackers") or {},
     )
     return result, record
 
