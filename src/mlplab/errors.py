@@ -45,6 +45,11 @@ def user_error_in(err: BaseException) -> UserError | None:
     return None
 
 
+def one_line(err: BaseException) -> str:
+    """What went wrong, on one line: a UserError's own message, else the exception's type and message."""
+    return " ".join(str(user_error_in(err) or f"{type(err).__name__}: {err}").split())
+
+
 def reported_as_one_line(task: Callable[..., T]) -> Callable[..., T]:
     """Wrap an entry point so a UserError ends the run with one clear line and exit status 1."""
 

@@ -34,7 +34,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from mlplab.data.idx import FILES, raw_folder
-from mlplab.errors import TrainingDiverged, user_error_in
+from mlplab.errors import TrainingDiverged, one_line, user_error_in
 from mlplab.run_dirs import command_line_overrides, entry_point, entry_script, resume_command
 
 log = logging.getLogger(__name__)
@@ -263,9 +263,7 @@ def recorded_run(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], An
         try:
             result = task(cfg)
         except BaseException as err:
-            user_error = user_error_in(err)
-            message = " ".join(str(user_error or f"{type(err).__name__}: {err}").split())
-            record.finish(exit_status(err), None if isinstance(err, (KeyboardInterrupt, SystemExit)) else message)
+            record.finish(exit_status(err), None if isinstance(err, (KeyboardInterrupt, SystemExit)) else one_line(err))
             raise
         record.finish("finished")
         return result

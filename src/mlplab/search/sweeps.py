@@ -41,7 +41,7 @@ from omegaconf import DictConfig, open_dict
 
 from mlplab.choices import OBJECTIVES
 from mlplab.config import available_cores
-from mlplab.errors import ConfigError, user_error_in, wants_traceback
+from mlplab.errors import ConfigError, one_line, user_error_in, wants_traceback
 from mlplab.run_dirs import continue_sweep_command, entry_point
 from mlplab.run_record import read_record
 
@@ -105,12 +105,6 @@ def check_direction(sweeper: DictConfig, monitor: str, mode: str) -> None:
             shown_direction = given if len(directions) == 1 else "[" + ",".join(directions) + "]"
             raise ConfigError(f"hydra.sweeper.direction={shown_direction} but the objective, {what}; set "
                               f"hydra.sweeper.direction={expected}" + (f" for {name}" if len(directions) > 1 else ""))
-
-
-def one_line(err: BaseException) -> str:
-    """What went wrong, on one line: a UserError's own message, else the exception's type and message."""
-    user_error = user_error_in(err)
-    return " ".join(str(user_error or f"{type(err).__name__}: {err}").split())
 
 
 def recorded_sweep_job(task: Callable[[DictConfig], float]) -> Callable[[DictConfig], float]:
