@@ -146,7 +146,6 @@ def test_frozen_backbone_trains_from_the_unfreeze_epoch_at_its_scaled_lr(data_di
     ("overrides", "message"),
     [
         (["finetune.freeze=3"], "finetune.freeze=3 must be at most the 2 hidden layers of the pretrained network"),
-        (["finetune.freeze=all"], "must be none, backbone or a number"),
         (["finetune.unfreeze_at_epoch=1"], "needs frozen layers"),
         (["finetune.freeze=1", "finetune.unfreeze_at_epoch=5", "trainer.max_epochs=5"], "must be a whole epoch >= 1 and < trainer.max_epochs=5"),
     ],
@@ -155,6 +154,11 @@ def test_bad_freeze_settings_are_one_line_errors(data_dir, pretrained_ckpt, over
     cfg, _, _, module, _ = finetuning_setup(data_dir, pretrained_ckpt, overrides)
     with pytest.raises(ConfigError, match=message):
         layer_freezing(cfg.finetune, module.net, cfg.trainer.max_epochs)
+
+
+def test_a_freeze_setting_of_no_kind_is_refused_by_the_command(data_dir, pretrained_ckpt, tmp_path, caplog, capsys):
+    assert refusal("finetune.py", [*SMALL, f"pretrained={pretrained_ckpt}", f"data.data_dir={data_dir}", "finetune.freeze=all"],
+                   tmp_path, caplog, capsys) == "finetune.freeze='all' must be none, backbone or a number of hidden layers"
 
 
 # --- unusable pretrained files ---------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
-from conftest import compose_config, run_script
+from conftest import compose_config, refusal, run_script
 from mlplab.checkpoint_reader import load_trained
 from mlplab.data.datamodule import load_split
 from mlplab.data.pictures import read_grayscale, to_model_input
@@ -260,6 +260,6 @@ def test_exported_files_give_the_checkpoints_logits_without_mlplab(tiny_run, dat
         assert torch.allclose(logits[fmt], expected, atol=1e-4, rtol=1e-4), fmt
 
 
-def test_export_refuses_an_unknown_format(tiny_run, tmp_path):
-    with pytest.raises(UserError, match="format='keras' must be one of export, onnx, torchscript"):
-        export(compose_config("export", [f"ckpt_path={run_metrics(tiny_run)['best_ckpt']}", "format=keras"], tmp_path))
+def test_export_refuses_an_unknown_format(tiny_run, tmp_path, caplog, capsys):
+    refused = refusal("export.py", [f"ckpt_path={run_metrics(tiny_run)['best_ckpt']}", "format=keras"], tmp_path, caplog, capsys)
+    assert refused.startswith("format='keras' must be one of export, onnx, torchscript")

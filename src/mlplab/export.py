@@ -30,7 +30,6 @@ from torch import nn
 from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config
 from mlplab.choices import EXPORT_FORMATS
 from mlplab.errors import ConfigError, UserError
-from mlplab.rules import check
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +140,6 @@ def quantize_int8(fp32: Path, path: Path) -> None:
 def export(cfg: DictConfig) -> Path:
     """Write ``cfg.ckpt_path`` as a standalone ``cfg.format`` file, then check it reproduces the checkpoint's logits
     (``quantize=int8``: its predictions, on random images and on images the network is sure of)."""
-    check({"format": cfg.format, "output": cfg.get("output"), "quantize": cfg.get("quantize")})
     quantize = cfg.get("quantize")
     if quantize is not None and cfg.format != "onnx":
         raise ConfigError(f"quantize={quantize} needs format=onnx (onnxruntime's dynamic quantization); "

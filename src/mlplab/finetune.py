@@ -23,7 +23,7 @@ from mlplab.classifier import ClassifierModule
 from mlplab.data.datamodule import MNISTDataModule
 from mlplab.errors import ConfigError
 from mlplab.pipeline import build_datamodule, build_module, build_trainer, compile_network, fit_and_report, start_run
-from mlplab.rules import check, problem
+from mlplab.rules import problem
 from mlplab.run_record import note_data, warn_if_data_changed
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,6 @@ def hidden_layers(backbone: nn.Sequential) -> list[list[nn.Module]]:
 
 def frozen_layer_count(freeze: Any, available: int) -> int:
     """``finetune.freeze`` as a number of leading hidden layers: none -> 0, backbone -> all of them."""
-    check({"finetune.freeze": freeze})
     if freeze in (None, "none"):
         return 0
     if freeze == "backbone":
@@ -82,7 +81,6 @@ def layer_freezing(settings: DictConfig, net: nn.Module, max_epochs: int | None)
     """The freezing callback ``finetune.freeze`` and ``finetune.unfreeze_at_epoch`` ask for, if any."""
     num_layers = frozen_layer_count(settings.freeze, len(hidden_layers(net.backbone)))
     unfreeze = settings.unfreeze_at_epoch
-    check({"finetune.unfreeze_at_epoch": unfreeze})
     if unfreeze is not None:
         if num_layers == 0:
             raise ConfigError(f"finetune.unfreeze_at_epoch={unfreeze} needs frozen layers: finetune.freeze=backbone or a number")
@@ -95,7 +93,6 @@ def layer_freezing(settings: DictConfig, net: nn.Module, max_epochs: int | None)
 
 def head_is_reset(reset_head: Any, pretrained_classes: int, data_classes: int) -> bool:
     """``finetune.reset_head``: auto replaces the head exactly when the number of classes differs."""
-    check({"finetune.reset_head": reset_head})
     if reset_head is False and pretrained_classes != data_classes:
         raise ConfigError(f"finetune.reset_head=false, but the pretrained head has {pretrained_classes} classes and the "
                           f"data {data_classes}; use auto or true")

@@ -25,7 +25,7 @@ from mlplab.data.csv_data import kaggle_images
 from mlplab.data.pictures import find_images, prepare_picture
 from mlplab.errors import ConfigError, UserError
 from mlplab.figures import image_grid_figure
-from mlplab.rules import check, problem
+from mlplab.rules import problem
 from mlplab.run_dirs import entry_point
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,6 @@ NOT_SURE = "not sure"  # the answer under the reject threshold, in predict.py's 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     """Top-k classes for each picture in ``cfg.inputs``: printed, and written to ``predictions.csv`` next to
     ``model_inputs.png`` (the first pictures as the network saw them) in ``cfg.output_dir``."""
-    check({key: cfg.get(key) for key in ("invert", "top_k", "fit", "box", "reject_below")})
     trained = load_trained_from_config(cfg)
     if OmegaConf.is_missing(cfg, "inputs"):
         raise UserError("inputs=<picture, folder or pattern> is required, e.g. inputs=my_digit.png or inputs=pictures/")

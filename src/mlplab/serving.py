@@ -44,7 +44,6 @@ from mlplab.checkpoint_reader import TrainedClassifier, load_trained_from_config
 from mlplab.data.pictures import IMAGE_SUFFIXES, read_grayscale, to_model_input
 from mlplab.errors import ConfigError, UserError
 from mlplab.prediction import class_probabilities, refuse_non_picture_model, unsure
-from mlplab.rules import check
 from mlplab.run_dirs import run_checkpoint
 
 log = logging.getLogger(__name__)
@@ -253,8 +252,6 @@ def bound_socket(host: str, port: int) -> socket.socket:
 
 def serve(cfg: DictConfig) -> None:
     """Load ``cfg.ckpt_path`` (a checkpoint or a run dir), then serve the page and the JSON endpoints until Ctrl-C."""
-    check({key: cfg.get(key) for key in ("host", "port", "top_k", "reject_below", "save_dir", "max_upload_bytes",
-                                         "max_pixels", "invert", "fit", "box")})
     if not cfg.get("ckpt_path"):
         raise UserError("ckpt_path=<checkpoint or run dir> is required, e.g. ckpt_path=logs/train/runs/<run>")
     ckpt = Path(cfg.ckpt_path)
