@@ -132,6 +132,8 @@ def test_a_sweep_names_only_options_and_keys_there_are():
     with open_dict(cfg):
         cfg.hydra.overrides.task = ["logger=[tensorboard,csv],[csv]", "trainer.max_epochs=1,2", "+experiment=tutorial,mnist_long"]
         assert swept_name_problems(cfg) == []
+        cfg.hydra.overrides.task = ["optimizer=adam,adamw", "optimizer.betas=[0.9,0.99]", "++optimizer.fused=true"]
+        assert swept_name_problems(cfg) == []  # a key every swept option has; ++ sets or adds
         cfg.hydra.overrides.task = ["logger=[tensorboard],[csvv]", "trainer.max_epoch=1,2"]
         assert swept_name_problems(cfg) == [
             "logger=csvv is not an option; choose one of csv, many, mlflow, tensorboard, wandb",
@@ -158,6 +160,14 @@ def test_known_group_options_and_plugin_groups_compose(capsys):
         ("train", ["optimizer=sgd", "optimizer.betas=[0.9,0.99]"], "optimizer has _target_, lr, momentum, nesterov"),
         ("train", ["model.hidden_dims.2=64"], "model.hidden_dims is a list of 2"),
         ("train", ["optimizer.lr=[1"], "optimizer.lr=[1 cannot be read: no viable alternative at input '[1' (Hydra's override grammar"),
+        ("train", ["optimizer.lr=1e-3,2e-3"], "optimizer.lr=1e-3,2e-3 is a sweep: add -m (--multirun) for one job per value"),
+        ("train", ["-m", "optimizer=sgd,adam", "optimizer.momentum=0.9"], "optimizer.momentum is a setting of optimizer=sgd "
+         "only, not of optimizer=adam (the default a sweep shares); sweep just the options that have it and set it with "
+         "++optimizer.momentum=0.9"),
+        ("train", ["-m", "optimizer=sgd,adam,adamw", "optimizer.betas=[0.9,0.99]"],  # adam composes: refused before job 0
+         "optimizer.betas is a setting of optimizer=adam,adamw only, not of optimizer=sgd; sweep just the options"),
+        ("train", ["-m", "scheduler=step,cosine", "scheduler.scheduler.step_size=2"],
+         "not of scheduler=cosine nor of scheduler=onecycle (the default a sweep shares)"),
         ("eval", ["ckpt_path=x.ckpt", "splt=val"], "did you mean split?"),
         ("finetune", ["pretrained=x.ckpt", "finetune.freez=none"], "did you mean finetune.freeze?"),
     ],

@@ -84,14 +84,17 @@ def value_sweeps(cfg: DictConfig) -> dict[str, list[Any]]:
 
 
 def swept_name_problems(cfg: DictConfig) -> list[str]:
-    """A swept option no group has (``optimizer=adam,adamx``) or a swept key the config lacks (``trainer.max_epoch=1,2``):
-    the options are the group's files in the config's folders (``hydra.runtime.config_sources``), the keys the
-    composed config's."""
-    folders = [Path(source.path) for source in OmegaConf.select(cfg, "hydra.runtime.config_sources", default=[])
-               if source.schema == "file"]
+    """A swept option no group has (``optimizer=adam,adamx``), a swept key the config lacks (``trainer.max_epoch=1,2``)
+    or a key only some swept options have (``optimizer=sgd,adam optimizer.momentum=0.9``): the options are the group's
+    files in the config's folders (``hydra.runtime.config_sources``), the keys the composed config's."""
+    sources = [source for source in OmegaConf.select(cfg, "hydra.runtime.config_sources", default=[]) if source.schema == "file"]
+    folders = [Path(source.path) for source in sources]
+    main = next((Path(source.path) for source in sources if source.provider == "main"), None)
     tree = OmegaConf.to_container(cfg, resolve=False)
+    overrides = list(map(parsed_override, OmegaConf.select(cfg, "hydra.overrides.task", default=[])))
+    is_group = lambda o: "/" in o.key_or_group or any((f / o.key_or_group).is_dir() for f in folders)  # noqa: E731
     found = []
-    for override in map(parsed_override, OmegaConf.select(cfg, "hydra.overrides.task", default=[])):
+    for override in overrides:
         if not override.is_sweep_override() or override.key_or_group.startswith("hydra"):
             continue
         options = sorted({p.stem for folder in folders for p in (folder / override.key_or_group).glob("*.yaml")})
@@ -99,6 +102,11 @@ def swept_name_problems(cfg: DictConfig) -> list[str]:
             chosen = [one for value in override.sweep_iterator() for one in (value if isinstance(value, list) else [value])]
             found += [f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"
                       for option in chosen if str(option) not in options]  # a list chooses several: logger=[a,b]
+            choices = [o.input_line for o in overrides if is_group(o) and not o.is_sweep_override()]
+            keys = [o for o in overrides if o.key_or_group.startswith(override.key_or_group + ".")
+                    and not (o.is_sweep_override() or o.is_add() or o.is_force_add())]  # set in every job
+            found += [problem for key in keys if main and (problem := option_problem(main, cfg.hydra.job.config_name,
+                                                                                       choices, override, key))]
         elif not (override.is_add() or override.is_force_add()) and (unknown := unknown_key(tree, override)):
             found.append(unknown)
     return found
@@ -257,8 +265,12 @@ def refuse_composition(config_dir: str | Path, config_name: str, overrides: Sequ
         exit_with(ConfigError(f"{error.override} cannot be read: {first_line(error.message)} "
                               "(Hydra's override grammar: https://hydra.cc/docs/advanced/override_grammar/basic)"))
     parsed = [parsed_override(text) for text in overrides if not text.startswith("-") and "=" in text]
-    for override in (o for o in parsed if o.key_or_group.startswith("hydra.") and o.is_sweep_override()):
-        exit_with(ConfigError(f"{override.input_line} cannot be swept: {search_space_hint(override)}"))
+    for override in (o for o in parsed if o.is_sweep_override()):
+        if override.key_or_group.startswith("hydra."):
+            exit_with(ConfigError(f"{override.input_line} cannot be swept: {search_space_hint(override)}"))
+        if f"'{override.input_line}'" in str(error):  # Hydra's "Ambiguous value": a sweep in a single run
+            exit_with(ConfigError(f"{override.input_line} is a sweep: add -m (--multirun) for one job per value, or give "
+                                  "one value (a list as [a,b]; a string holding commas in quotes)"))
     is_group = lambda o: "/" in o.key_or_group or (config_dir / o.key_or_group).is_dir()  # noqa: E731
     keys = [o for o in parsed if not (is_group(o) or o.is_add() or o.is_force_add() or o.is_delete())]
     if keys:
@@ -287,17 +299,22 @@ def swept_values(override: Any) -> list[Any]:
 
 
 def group_choices(groups: list[Any]) -> list[str]:
-    """The overrides choosing ``groups``' options, a swept group's first (one composition stands for the sweep)."""
-    return [f"{'+' * o.is_add()}{o.key_or_group}={next(o.sweep_string_iterator())}" if o.is_sweep_override()
-            else o.input_line for o in groups if o.value() is not None]
+    """The overrides choosing ``groups``' options, as Hydra composes a sweep's shared config: without the swept
+    ones (each of those groups has its default there)."""
+    return [o.input_line for o in groups if not o.is_sweep_override() and o.value() is not None]
 
 
 def composed_tree(config_dir: Path, config_name: str, overrides: list[str], with_hydra: bool = False) -> dict:
-    """The config as stored (``???`` and ``${hydra:...}`` unresolved); raises what stops the composition."""
+    """The config as stored (``???`` and ``${hydra:...}`` unresolved); raises what stops the composition. Inside a
+    running app (a sweep's callback) Hydra's compose API uses the app's own config path."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
-    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=with_hydra)
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name, overrides, return_hydra_config=with_hydra)
+    else:
+        with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides, return_hydra_config=with_hydra)
     return OmegaConf.to_container(cfg, resolve=False)
 
 
@@ -308,11 +325,34 @@ def refuse_unknown_keys(config_dir: Path, config_name: str, groups: list[Any], k
         tree = composed_tree(config_dir, config_name, group_choices(groups), with_hydra=True)
     except Exception:  # whatever stops this composition stops Hydra's too, which reports it
         return
+    swept = {o.key_or_group: o for o in groups if o.is_sweep_override()}
     for override in keys:
-        hydra_key = override.key_or_group.startswith("hydra.")
-        if unknown := unknown_key(tree if hydra_key else {k: v for k, v in tree.items() if k != "hydra"}, override):
-            searched = override.key_or_group.startswith("hydra.sweeper.params.")
-            exit_with(ConfigError(f"{override.input_line}: {search_space_hint(override)}" if searched else unknown))
+        key = override.key_or_group
+        if not (unknown := unknown_key(tree if key.startswith("hydra.") else {k: v for k, v in tree.items() if k != "hydra"}, override)):
+            continue
+        if key.startswith("hydra.sweeper.params."):
+            unknown = f"{override.input_line}: {search_space_hint(override)}"
+        elif group := next((g for g in swept if key.startswith(g + ".")), None):
+            default = tree["hydra"]["runtime"]["choices"].get(group)
+            unknown = option_problem(config_dir, config_name, group_choices(groups), swept[group], override, default) or unknown
+        exit_with(ConfigError(unknown))
+
+
+def option_problem(config_dir: Path, config_name: str, choices: list[str], group: Any, override: Any,
+                   default: str | None = None) -> str | None:
+    """A key that only some options of a swept group have (``-m optimizer=sgd,adam optimizer.momentum=0.9``): each job
+    is composed with its option, a sweep's shared config with the group's ``default`` (given when it lacks the key)."""
+    having, lacking = [], []
+    for option in dict.fromkeys(o for o in group.sweep_string_iterator() if o != default):
+        try:
+            tree = composed_tree(config_dir, config_name, [*choices, f"{'+' * group.is_add()}{group.key_or_group}={option}"])
+        except Exception:  # the job's own composition fails: it is reported there
+            continue
+        (lacking if unknown_key(tree, override) else having).append(option)
+    name = group.key_or_group
+    nots = [f"{name}={','.join(lacking)}"] * bool(lacking) + [f"{name}={default} (the default a sweep shares)"] * bool(default)
+    return (f"{override.key_or_group} is a setting of {name}={','.join(having)} only, not of {' nor of '.join(nots)}; "
+            f"sweep just the options that have it and set it with ++{override.input_line}") if having and nots else None
 
 
 def unknown_key(tree: dict, override: Any) -> str | None:
