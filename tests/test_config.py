@@ -61,6 +61,25 @@ def test_onecycle_spans_the_whole_run(data_dir, tmp_path):
     assert scheduler.total_steps == 30
 
 
+@pytest.mark.parametrize("scheduler", options("scheduler"))
+def test_the_momentum_a_user_sets_is_the_one_the_optimizer_uses(scheduler, data_dir, tmp_path):
+    """torch's OneCycleLR cycles SGD's momentum and Adam's beta1 unless told not to: the config's values would be ignored."""
+    for optimizer, key, value in (("sgd", "momentum", 0.5), ("adam", "betas", [0.8, 0.99])):
+        cfg = compose_config("train", [f"optimizer={optimizer}", f"optimizer.{key}={value}", f"scheduler={scheduler}",
+                                       f"data.data_dir={data_dir}"], tmp_path)
+        module = build_module(cfg, build_datamodule(cfg))
+        module.trainer = L.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(type(module.trainer), "estimated_stepping_batches", property(lambda self: 30))
+            built = module.configure_optimizers()
+        opt, schedule = (built["optimizer"], built["lr_scheduler"]["scheduler"]) if isinstance(built, dict) else (built, None)
+        for _ in range(5):
+            opt.step()
+            if schedule is not None:
+                schedule.step(*[1.0] * isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau))  # its metric
+        assert all(list(group[key]) == value if key == "betas" else group[key] == value for group in opt.param_groups)
+
+
 @pytest.mark.parametrize("logger", options("logger"))
 @pytest.mark.parametrize("trainer", ["cpu", "default", "ddp"])
 def test_trainer_callbacks_and_logger_options_build(trainer, logger, tmp_path, monkeypatch, tmp_path_factory):

@@ -164,6 +164,7 @@ RULES: dict[str, Rule] = {
     "scheduler.scheduler.eta_min": non_negative,
     "scheduler.scheduler.max_lr": positive,
     "scheduler.scheduler.pct_start": number(lambda v: 0 < v < 1, "a number in (0, 1)"),
+    "scheduler.scheduler.cycle_momentum": boolean,
     "scheduler.scheduler.step_size": count,
     "scheduler.scheduler.gamma": positive,
     "scheduler.scheduler.factor": number(lambda v: 0 < v < 1, "a number in (0, 1)"),
