@@ -8,8 +8,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
-from conftest import CONF_DIR, compose_config, composes, refusal
-from mlplab.config import parsed_override, swept_name_problems
+from conftest import CONF_DIR, compose_config, composes, refusal, run_script
+from mlplab.config import argument_problems, parsed_override, swept_name_problems
 from mlplab.pipeline import build_datamodule, build_module, build_trainer
 
 
@@ -176,7 +176,11 @@ def test_known_group_options_and_plugin_groups_compose(capsys):
         ("train", ["-m", "optimizer.lr=1e-3,4e-3", "trainer.max_epoch=1"], "did you mean trainer.max_epochs?"),
         ("train", ["max_epochs=3"], "did you mean trainer.max_epochs?"),
         ("train", ["optimzer=sgd"], "did you mean optimizer?"),
-        ("train", ["optimizer=sgd", "optimizer.betas=[0.9,0.99]"], "optimizer has _target_, lr, momentum, nesterov"),
+        ("train", ["optimizer=sgd", "optimizer.betas=[0.9,0.99]"], "optimizer.betas is a setting of optimizer=adam or "
+         "optimizer=adamw only, not of optimizer=sgd (chosen); choose one of those"),
+        ("train", ["optimizer.momentum=0.9"], "optimizer.momentum is a setting of optimizer=sgd only, not of optimizer=adam "
+         "(chosen); choose optimizer=sgd"),
+        ("train", ["data.root=pictures"], "data.root is a setting of data=image_folder only, not of data=mnist (chosen)"),
         ("train", ["model.hidden_dims.2=64"], "model.hidden_dims is a list of 2"),
         ("train", ["optimizer.lr=[1"], "optimizer.lr=[1 cannot be read: no viable alternative at input '[1' (Hydra's override grammar"),
         ("train", ["optimizer.lr=1e-3,2e-3"], "optimizer.lr=1e-3,2e-3 is a sweep: add -m (--multirun) for one job per value"),
@@ -184,7 +188,7 @@ def test_known_group_options_and_plugin_groups_compose(capsys):
          "only, not of optimizer=adam (the default a sweep shares); sweep just the options that have it and set it with "
          "++optimizer.momentum=0.9"),
         ("train", ["-m", "optimizer=sgd,adam,adamw", "optimizer.betas=[0.9,0.99]"],  # adam composes: refused before job 0
-         "optimizer.betas is a setting of optimizer=adam,adamw only, not of optimizer=sgd; sweep just the options"),
+         "optimizer.betas is a setting of optimizer=adam or optimizer=adamw only, not of optimizer=sgd; sweep just the options"),
         ("train", ["-m", "scheduler=step,cosine", "scheduler.scheduler.step_size=2"],
          "not of scheduler=cosine nor of scheduler=onecycle (the default a sweep shares)"),
         ("eval", ["ckpt_path=x.ckpt", "splt=val"], "did you mean split?"),
@@ -246,6 +250,28 @@ def test_a_hydra_option_of_ones_own_config_dir_counts(tmp_path, caplog, capsys):
     (tmp_path / "hydra" / "launcher" / "cluster.yaml").write_text("# @package hydra.launcher\n_target_: x.Launcher\n")
     assert "x.Launcher" in composes("train.py", ["--config-dir", str(tmp_path), "hydra/launcher=cluster"], capsys)
     assert "choose one of basic, cluster, joblib" in refusal("train.py", ["--config-dir", str(tmp_path), "hydra/launcher=clustr"], tmp_path, caplog, capsys)
+
+
+SHIPPED_OPTIONS = [f"{group}={option}" for group in ("data", "optimizer", "scheduler", "logger", "trainer", "callbacks",
+                                                     "hparams_search") for option in options(group)]
+
+
+@pytest.mark.parametrize("entry", ["train", "finetune", "eval", "predict", "export", "serve", "lr_find"])
+def test_every_shipped_config_gives_its_targets_only_arguments_they_take(entry):
+    chosen = [*SHIPPED_OPTIONS, *(f"+experiment={option}" for option in options("experiment"))] if entry == "train" else []
+    for overrides in [[], *([option] for option in chosen)]:
+        assert argument_problems(compose_config(entry, overrides)) == [], overrides
+
+
+def test_a_key_its_target_does_not_take_is_one_line_before_the_run(data_dir, tmp_path):
+    for number, (override, message) in enumerate([
+        ("+optimizer.momentum=0.9", "optimizer.momentum is not an argument of torch.optim.Adam, which takes params, lr"),
+        ("+callbacks.early_stopping.patiense=3", "callbacks.early_stopping.patiense is not an argument of "
+         "lightning.pytorch.callbacks.EarlyStopping; did you mean callbacks.early_stopping.patience?"),
+    ]):
+        result = run_script("train.py", "debug=fast", override, f"hydra.run.dir={tmp_path / str(number)}", data_dir=data_dir)
+        assert result.returncode == 1 and message in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr and not (tmp_path / str(number) / "checkpoints").exists()
 
 
 def test_the_private_library_names_mlplab_relies_on_are_still_there():

@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mlplab.config import refuse_composition, validate
+from mlplab.config import refuse_composition, validate, validate_arguments
 from mlplab.errors import exit_with, hydra_errors_raised, reported_as_one_line, user_error_in, wants_traceback
 from mlplab.run_record import recorded_run
 from mlplab.search.sweeps import recorded_sweep_job
@@ -30,7 +30,9 @@ def run(task: str, config_name: str, sweep_objective: bool = False) -> None:
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # each job's own composition: swept groups, related keys
             validate(cfg)  # (a single run was checked by ValidateBeforeRun; a failed job is recorded, the sweep goes on)
         module, _, function = task.partition(":")
-        return getattr(importlib.import_module(module), function)(cfg)
+        run_task = getattr(importlib.import_module(module), function)
+        validate_arguments(cfg)  # the targets import now, with the task's own modules
+        return run_task(cfg)
 
     recorded = recorded_sweep_job(recorded_run(task_function)) if sweep_objective else recorded_run(task_function)
     try:

@@ -18,6 +18,7 @@ composes the config once, and only when it raises does :func:`refuse_composition
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 from collections.abc import Iterator, Sequence
 from difflib import get_close_matches
@@ -138,6 +139,34 @@ def violations(cfg: DictConfig) -> list[str]:
             found.append(problem("ckpt_path", ckpt_path, "an existing checkpoint file or a run dir holding one "
                                                          "(e.g. logs/train/runs/<run>)"))
     return list(dict.fromkeys(found))
+
+
+def validate_arguments(cfg: DictConfig) -> None:
+    """Keys a ``_target_`` does not take (``+optimizer.momentum=0.9`` with Adam, ``+model.foo=1``), where Hydra would
+    raise a TypeError mid-run. Needs the targets imported: the task calls it (``mlplab.cli``), before building any."""
+    if found := argument_problems(cfg):
+        raise ConfigError("; ".join(found))
+
+
+def argument_problems(node: Any, path: str = "") -> list[str]:
+    from hydra.utils import get_object
+
+    found = []
+    if isinstance(node, DictConfig) and "_target_" in node and not OmegaConf.is_interpolation(node, "_target_"):
+        try:
+            parameters = inspect.signature(get_object(node._target_)).parameters
+        except Exception:  # not importable (an extra not installed) or no signature: instantiate reports it
+            parameters = None
+        if parameters is not None and all(p.kind != p.VAR_KEYWORD for p in parameters.values()):
+            taken = [name for name, p in parameters.items() if p.kind != p.VAR_POSITIONAL and name != "self"]
+            for key in (k for k in node if not str(k).startswith("_") and k not in parameters):
+                close = get_close_matches(str(key), taken, n=1)
+                found.append(f"{path}{key} is not an argument of {node._target_}" +
+                             (f"; did you mean {path}{close[0]}?" if close else f", which takes {', '.join(taken)}"))
+    if isinstance(node, DictConfig):
+        found += [p for key in node if key != "hydra" and not OmegaConf.is_missing(node, key)
+                  and not OmegaConf.is_interpolation(node, key) for p in argument_problems(node[key], f"{path}{key}.")]
+    return found
 
 
 def is_missing(cfg: DictConfig, key: str) -> bool:
@@ -320,39 +349,46 @@ def composed_tree(config_dir: Path, config_name: str, overrides: list[str], with
 
 def refuse_unknown_keys(config_dir: Path, config_name: str, groups: list[Any], keys: list[Any]) -> None:
     """Compose the config the groups choose (Hydra's own settings too), then look up every key; a search-space entry
-    (its keys hold dots: ``optimizer.lr``) is given another way."""
+    (its keys hold dots: ``optimizer.lr``) is given another way, a key of another option of its group is named so."""
     try:
         tree = composed_tree(config_dir, config_name, group_choices(groups), with_hydra=True)
     except Exception:  # whatever stops this composition stops Hydra's too, which reports it
         return
     swept = {o.key_or_group: o for o in groups if o.is_sweep_override()}
     for override in keys:
-        key = override.key_or_group
+        key, group = override.key_or_group, override.key_or_group.split(".")[0]
         if not (unknown := unknown_key(tree if key.startswith("hydra.") else {k: v for k, v in tree.items() if k != "hydra"}, override)):
             continue
+        chosen = tree["hydra"]["runtime"]["choices"].get(group)
         if key.startswith("hydra.sweeper.params."):
             unknown = f"{override.input_line}: {search_space_hint(override)}"
-        elif group := next((g for g in swept if key.startswith(g + ".")), None):
-            default = tree["hydra"]["runtime"]["choices"].get(group)
-            unknown = option_problem(config_dir, config_name, group_choices(groups), swept[group], override, default) or unknown
+        elif group in swept:
+            unknown = option_problem(config_dir, config_name, group_choices(groups), swept[group], override, chosen) or unknown
+        elif chosen and (config_dir / group).is_dir():  # chosen once: optimizer.momentum=0.9 with optimizer=adam
+            others = [o for o in groups if o.key_or_group != group]
+            options = parsed_override(f"{group}=choice({','.join(sorted(p.stem for p in (config_dir / group).glob('*.yaml')))})")
+            unknown = option_problem(config_dir, config_name, group_choices(others), options, override, chosen, False) or unknown
         exit_with(ConfigError(unknown))
 
 
 def option_problem(config_dir: Path, config_name: str, choices: list[str], group: Any, override: Any,
-                   default: str | None = None) -> str | None:
-    """A key that only some options of a swept group have (``-m optimizer=sgd,adam optimizer.momentum=0.9``): each job
-    is composed with its option, a sweep's shared config with the group's ``default`` (given when it lacks the key)."""
+                   chosen: str | None = None, swept: bool = True) -> str | None:
+    """A key that only some options of its group have (``optimizer.momentum=0.9`` with adam): which have it. A sweep
+    (``-m optimizer=sgd,adam``) composes each job with its option, its shared config with the ``chosen`` default."""
     having, lacking = [], []
-    for option in dict.fromkeys(o for o in group.sweep_string_iterator() if o != default):
+    for option in dict.fromkeys(o for o in group.sweep_string_iterator() if o != chosen):
         try:
             tree = composed_tree(config_dir, config_name, [*choices, f"{'+' * group.is_add()}{group.key_or_group}={option}"])
         except Exception:  # the job's own composition fails: it is reported there
             continue
         (lacking if unknown_key(tree, override) else having).append(option)
     name = group.key_or_group
-    nots = [f"{name}={','.join(lacking)}"] * bool(lacking) + [f"{name}={default} (the default a sweep shares)"] * bool(default)
-    return (f"{override.key_or_group} is a setting of {name}={','.join(having)} only, not of {' nor of '.join(nots)}; "
-            f"sweep just the options that have it and set it with ++{override.input_line}") if having and nots else None
+    where = f"{override.key_or_group} is a setting of {' or '.join(f'{name}={o}' for o in having)} only, not of "
+    if not swept:
+        return f"{where}{name}={chosen} (chosen); choose {f'{name}={having[0]}' if len(having) == 1 else 'one of those'}" if having else None
+    nots = [f"{name}={','.join(lacking)}"] * bool(lacking) + [f"{name}={chosen} (the default a sweep shares)"] * bool(chosen)
+    return (f"{where}{' nor of '.join(nots)}; sweep just the options that have it and set it with "
+            f"++{override.input_line}") if having and nots else None
 
 
 def unknown_key(tree: dict, override: Any) -> str | None:
@@ -373,7 +409,8 @@ def unknown_key(tree: dict, override: Any) -> str | None:
                 known = f"{parent} is a single value"
             close = [k for k in get_close_matches(key, list(dotted_keys(tree)), n=3) if not key.startswith(f"{k}.")]
             close = close if node != {} else []  # an empty dict (hydra.job.env_set) takes new keys with +
-            hint = f"did you mean {close[0]}?" if close else f"to add a new key: +{override.input_line}"
+            hint = (f"did you mean {close[0]}?" if close else f"give the whole list: {parent}=[...]" if isinstance(node, list)
+                    else f"to add a new key: +{override.input_line}")
             return f"{key} is not a setting: {known}; {hint}"
     return None
 
