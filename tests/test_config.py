@@ -9,7 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from conftest import CONF_DIR, compose_config, composes, refusal, run_script
-from mlplab.config import argument_problems, parsed_override, swept_name_problems
+from mlplab.composition import parsed_override
+from mlplab.config import argument_problems, swept_name_problems
 from mlplab.pipeline import build_datamodule, build_module, build_trainer
 
 

@@ -13,7 +13,8 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from mlplab.config import refuse_composition, validate, validate_arguments
+from mlplab.composition import refuse_composition
+from mlplab.config import validate, validate_arguments
 from mlplab.errors import exit_with, hydra_errors_raised, reported_as_one_line, user_error_in, wants_traceback
 from mlplab.run_record import recorded_run
 from mlplab.search.sweeps import recorded_sweep_job

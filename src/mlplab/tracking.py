@@ -25,7 +25,7 @@ from hydra.types import RunMode
 from lightning.pytorch.loggers import Logger, MLFlowLogger, TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 
-from mlplab.config import parsed_override
+from mlplab.composition import parsed_override
 from mlplab.run_dirs import typed_arguments
 from mlplab.run_record import RUN_RECORD, note_tracker
 

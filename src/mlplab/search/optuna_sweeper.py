@@ -42,7 +42,7 @@ try:
 except ImportError:  # the `sweep` extra is not installed; Hydra still imports this module whenever it starts
     optuna = None
 
-from mlplab.config import parsed_override, swept_values, unknown_key
+from mlplab.composition import parsed_override, swept_values, unknown_key
 from mlplab.errors import ConfigError, exit_with
 from mlplab.rules import problems
 from mlplab.run_dirs import entry_point
