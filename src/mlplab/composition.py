@@ -48,7 +48,7 @@ def refuse_composition(config_dir: str | Path, config_name: str, overrides: Sequ
     config_dir = Path(config_dir).resolve()
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and "/" in error.missing_cfg_file:
         group, _, option = error.missing_cfg_file.rpartition("/")
-        options = error.options or sorted(p.stem for p in (config_dir / group).glob("*.yaml"))  # logger=[a,b]: none
+        options = error.options or group_options([config_dir], group)  # logger=[a,b]: none
         exit_with(ConfigError(f"{group}={option} is not an option; choose one of {', '.join(options)}"))
     if isinstance(error, OverrideParseException):
         exit_with(ConfigError(f"{error.override} cannot be read: {first_line(error.message)} "
@@ -77,6 +77,11 @@ def yaml_problem(error: yaml.YAMLError) -> str:
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
     reason = " ".join(str(getattr(error, "problem", None) or error).split())
     return f"{mark.name if mark else 'a config file'} is not valid YAML: {reason}{where}; fix or remove it"
+
+
+def group_options(folders: list[Path], group: str) -> list[str]:
+    """The options of config group ``group``: its files in the config folders."""
+    return sorted({path.stem for folder in folders for path in (folder / group).glob("*.yaml")})
 
 
 def first_line(text: str) -> str:
@@ -111,34 +116,38 @@ def refuse_unknown_keys(config_dir: Path, config_name: str, groups: list[Any], k
     except Exception:  # whatever stops this composition stops Hydra's too, which reports it
         return
     swept = {o.key_or_group: o for o in groups if o.is_sweep_override()}
+    plain_tree = {k: v for k, v in tree.items() if k != "hydra"}
     for override in keys:
         key, group = override.key_or_group, override.key_or_group.split(".")[0]
-        if not (unknown := unknown_key(tree if key.startswith("hydra.") else {k: v for k, v in tree.items() if k != "hydra"}, override)):
+        if not (unknown := unknown_key(tree if key.startswith("hydra.") else plain_tree, override)):
             continue
         chosen = tree["hydra"]["runtime"]["choices"].get(group)
         if key.startswith("hydra.sweeper.params."):
             unknown = f"{override.input_line}: {search_space_hint(override)}"
         elif group in swept:
-            unknown = option_problem(config_dir, config_name, group_choices(groups), swept[group], override, chosen) or unknown
+            sweep = swept[group]
+            unknown = option_problem(config_dir, config_name, group_choices(groups), f"{'+' * sweep.is_add()}{group}",
+                                     list(sweep.sweep_string_iterator()), override, chosen) or unknown
         elif chosen and (config_dir / group).is_dir():  # chosen once: optimizer.momentum=0.9 with optimizer=adam
-            others = [o for o in groups if o.key_or_group != group]
-            options = parsed_override(f"{group}=choice({','.join(sorted(p.stem for p in (config_dir / group).glob('*.yaml')))})")
-            unknown = option_problem(config_dir, config_name, group_choices(others), options, override, chosen, False) or unknown
+            others = group_choices([o for o in groups if o.key_or_group != group])
+            unknown = option_problem(config_dir, config_name, others, group, group_options([config_dir], group), override,
+                                     chosen, swept=False) or unknown
         exit_with(ConfigError(unknown))
 
 
-def option_problem(config_dir: Path, config_name: str, choices: list[str], group: Any, override: Any,
-                   chosen: str | None = None, swept: bool = True) -> str | None:
-    """A key that only some options of its group have (``optimizer.momentum=0.9`` with adam): which have it. A sweep
-    (``-m optimizer=sgd,adam``) composes each job with its option, its shared config with the ``chosen`` default."""
+def option_problem(config_dir: Path, config_name: str, choices: list[str], group: str, options: list[str],
+                   override: Any, chosen: str | None = None, swept: bool = True) -> str | None:
+    """A key that only some ``options`` of its ``group`` (``optimizer``, ``+experiment``) have
+    (``optimizer.momentum=0.9`` with adam): which have it. A sweep (``-m optimizer=sgd,adam``) composes each job with
+    its option, its shared config with the ``chosen`` default."""
     having, lacking = [], []
-    for option in dict.fromkeys(o for o in group.sweep_string_iterator() if o != chosen):
+    for option in dict.fromkeys(o for o in options if o != chosen):
         try:
-            tree = composed_tree(config_dir, config_name, [*choices, f"{'+' * group.is_add()}{group.key_or_group}={option}"])
+            tree = composed_tree(config_dir, config_name, [*choices, f"{group}={option}"])
         except Exception:  # the job's own composition fails: it is reported there
             continue
         (lacking if unknown_key(tree, override) else having).append(option)
-    name = group.key_or_group
+    name = group.lstrip("+")
     where = f"{override.key_or_group} is a setting of {' or '.join(f'{name}={o}' for o in having)} only, not of "
     if not swept:
         return f"{where}{name}={chosen} (chosen); choose {f'{name}={having[0]}' if len(having) == 1 else 'one of those'}" if having else None

@@ -29,7 +29,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mlplab.choices import DATASETS
-from mlplab.composition import option_problem, parsed_override, unknown_key
+from mlplab.composition import group_options, option_problem, parsed_override, unknown_key
 from mlplab.data.idx import raw_folder, read_header
 from mlplab.errors import ConfigError, DataError, reported_as_one_line
 from mlplab.rules import REQUIRED, problem, problems, range_problems, relation_problems, search_problems, split_problems
@@ -95,7 +95,7 @@ def swept_name_problems(cfg: DictConfig) -> list[str]:
     for override in overrides:
         if not override.is_sweep_override() or override.key_or_group.startswith("hydra"):
             continue
-        options = sorted({p.stem for folder in folders for p in (folder / override.key_or_group).glob("*.yaml")})
+        options = group_options(folders, override.key_or_group)
         if options:
             chosen = [one for value in override.sweep_iterator() for one in (value if isinstance(value, list) else [value])]
             found += [f"{override.key_or_group}={option} is not an option; choose one of {', '.join(options)}"
@@ -103,8 +103,9 @@ def swept_name_problems(cfg: DictConfig) -> list[str]:
             choices = [o.input_line for o in overrides if is_group(o) and not o.is_sweep_override()]
             keys = [o for o in overrides if o.key_or_group.startswith(override.key_or_group + ".")
                     and not (o.is_sweep_override() or o.is_add() or o.is_force_add())]  # set in every job
+            group, swept = f"{'+' * override.is_add()}{override.key_or_group}", list(override.sweep_string_iterator())
             found += [problem for key in keys if main and (problem := option_problem(main, cfg.hydra.job.config_name,
-                                                                                       choices, override, key))]
+                                                                                       choices, group, swept, key))]
         elif not (override.is_add() or override.is_force_add()) and (unknown := unknown_key(tree, override)):
             found.append(unknown)
     return found
@@ -140,10 +141,13 @@ def validate_arguments(cfg: DictConfig) -> None:
 
 
 def argument_problems(node: Any, path: str = "") -> list[str]:
+    """What :func:`validate_arguments` refuses, for ``node`` and every config node below it."""
     from hydra.utils import get_object
 
+    if not isinstance(node, DictConfig):
+        return []
     found = []
-    if isinstance(node, DictConfig) and "_target_" in node and not OmegaConf.is_interpolation(node, "_target_"):
+    if "_target_" in node and not OmegaConf.is_interpolation(node, "_target_"):
         try:
             parameters = inspect.signature(get_object(node._target_)).parameters
         except Exception:  # not importable (an extra not installed) or no signature: instantiate reports it
@@ -154,10 +158,8 @@ def argument_problems(node: Any, path: str = "") -> list[str]:
                 close = get_close_matches(str(key), taken, n=1)
                 found.append(f"{path}{key} is not an argument of {node._target_}" +
                              (f"; did you mean {path}{close[0]}?" if close else f", which takes {', '.join(taken)}"))
-    if isinstance(node, DictConfig):
-        found += [p for key in node if key != "hydra" and not OmegaConf.is_missing(node, key)
-                  and not OmegaConf.is_interpolation(node, key) for p in argument_problems(node[key], f"{path}{key}.")]
-    return found
+    return found + [p for key in node if key != "hydra" and not OmegaConf.is_missing(node, key)
+                    and not OmegaConf.is_interpolation(node, key) for p in argument_problems(node[key], f"{path}{key}.")]
 
 
 def is_missing(cfg: DictConfig, key: str) -> bool:
